@@ -1,0 +1,28 @@
+"""Exception types shared by the library and the CLI.
+
+The CLI maps :class:`ConfigError` (and its subclasses) to exit code 2; everything that is about one
+input file (a corrupt image, say) is reported per file and never aborts a batch.
+"""
+
+from __future__ import annotations
+
+
+class BeholderError(Exception):
+    """Base class of every error Beholder raises on purpose."""
+
+
+class ConfigError(BeholderError):
+    """Bad usage or configuration: unknown model, missing file, unreadable checkpoint. CLI exit code 2."""
+
+
+class WeightsUnavailableError(ConfigError):
+    """Weights are neither local nor downloadable (offline, say). The message tells how to get them."""
+
+
+class ImageLoadError(BeholderError):
+    """One image could not be read. The message names the file and the problem."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
