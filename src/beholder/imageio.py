@@ -104,7 +104,7 @@ def open_image(
         raise ImageLoadError(label, "not an image, or an unsupported image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc)
-        problem = "truncated image data" if "truncated" in text else f"corrupt image data ({text})"
+        problem = "truncated image data" if "truncated" in text.lower() else f"corrupt image data ({text})"
         raise ImageLoadError(label, problem) from exc
 
 

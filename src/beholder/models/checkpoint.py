@@ -1,0 +1,84 @@
+"""Self-describing checkpoints: architecture, preprocessing and provenance travel with the weights.
+
+A checkpoint is a ``torch.save`` dict::
+
+    {"format": "beholder-checkpoint", "version": 1,
+     "architecture": {...}, "preprocessing": {...}, "provenance": {...},
+     "model": state_dict,
+     # training state, when written by `beholder train`:
+     "optimizer", "scheduler", "epoch", "phase", "config", "rng", ...}
+
+so that ``beholder score --checkpoint FILE`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import torch
+
+from beholder.errors import ConfigError
+from beholder.models.nima import NIMA, Architecture, build_nima
+from beholder.preprocessing import Preprocessing
+
+CHECKPOINT_FORMAT = "beholder-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _unwrap(model: torch.nn.Module) -> NIMA:
+    # DistributedDataParallel and torch.compile wrap the module; the checkpoint holds the plain one.
+    return getattr(model, "module", getattr(model, "_orig_mod", model))
+
+
+def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, **extra: Any) -> Path:
+    """Write a checkpoint atomically (temporary file in the same directory, then rename)."""
+    nima = _unwrap(model)
+    payload: Dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "architecture": nima.architecture.to_dict(),
+        "preprocessing": nima.preprocessing.to_dict(),
+        "provenance": extra.pop("provenance", {}),
+        "model": nima.state_dict(),
+        **extra,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """Load a checkpoint dict (on CPU), checking that it is one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        # weights_only=False: checkpoints carry plain config dicts and RNG states, written by us.
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a Beholder checkpoint (no 'format: {CHECKPOINT_FORMAT}' entry)")
+    return payload
+
+
+def load_checkpoint(path: Union[str, Path]) -> Tuple[NIMA, Dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict)."""
+    payload = read_checkpoint(path)
+    model = build_nima(
+        Architecture.from_dict(payload["architecture"]),
+        preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
+    )
+    model.load_state_dict(payload["model"])
+    return model.eval(), payload

@@ -1,0 +1,114 @@
+"""Named models and named backbone weights, each self-describing.
+
+A :class:`ModelSpec` says what to build (architecture), which weights to load (file name, URL,
+sha256, licence, provenance) and how to preprocess images for it. ``beholder models`` prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+from beholder.errors import ConfigError
+from beholder.models.nima import KERAS_MOBILENET, Architecture
+from beholder.preprocessing import Preprocessing
+from beholder.weights import WeightsSpec
+
+IDEALO_COMMIT = "dceaf7c2d218bc6e80b21d6e147e3b56a21b7f31"
+KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trained NIMA model that can be scored with by name."""
+
+    name: str
+    description: str
+    architecture: Architecture
+    weights: WeightsSpec
+    preprocessing: Preprocessing
+    trained_on: str
+    reported: Dict[str, str] = field(default_factory=dict)
+
+
+MODELS: Dict[str, ModelSpec] = {}
+#: ImageNet starting points for training, by name (``backbone_weights=`` in training configs).
+BACKBONE_WEIGHTS: Dict[str, WeightsSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in MODELS:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(MODELS)}") from None
+
+
+def get_backbone_weights(name: str) -> WeightsSpec:
+    try:
+        return BACKBONE_WEIGHTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone weights {name!r}; available: {', '.join(BACKBONE_WEIGHTS)}") from None
+
+
+def list_models() -> List[str]:
+    """Names of the registered NIMA models, default first."""
+    return list(MODELS)
+
+
+DEFAULT_MODEL = "nima-mobilenet-idealo"
+
+register_model(
+    ModelSpec(
+        name=DEFAULT_MODEL,
+        description="NIMA MobileNet v1 (width 1.0) trained on AVA by idealo",
+        architecture=Architecture(backbone=KERAS_MOBILENET, alpha=1.0, dropout=0.75),
+        weights=WeightsSpec(
+            filename="weights_mobilenet_aesthetic_0.07.hdf5",
+            url=(
+                f"https://raw.githubusercontent.com/idealo/image-quality-assessment/{IDEALO_COMMIT}"
+                "/models/MobileNet/weights_mobilenet_aesthetic_0.07.hdf5"
+            ),
+            sha256="e563ad91b3d47410e45f7238f07ab8f6abd1bd0c4b18a4b0af9c681a21a91cb2",
+            format="keras_h5",
+            license="Apache-2.0",
+            source=f"github.com/idealo/image-quality-assessment @ {IDEALO_COMMIT}, models/MobileNet/",
+        ),
+        # idealo's predictor: keras load_img(target_size=(224, 224)) -> PIL nearest, then x/127.5 - 1.
+        preprocessing=Preprocessing(resize=(224, 224), interpolation="nearest", crop=None),
+        trained_on="AVA (idealo's random split)",
+        reported={"EMD": "0.071", "LCC": "0.626", "SRCC": "0.609"},
+    )
+)
+
+_KERAS_LICENCE = "Apache-2.0 (Keras Applications, from TF-slim MobileNet v1 checkpoints)"
+
+for _alpha, _tag, _sha in (
+    (1.0, "1_0", None),  # Keras publishes no checksum for this file; it is verified by its layer shapes on load.
+    (0.75, "7_5", None),
+    (0.5, "5_0", None),
+    (0.25, "2_5", "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"),
+):
+    BACKBONE_WEIGHTS[f"keras-mobilenet-v1-{_alpha}-imagenet"] = WeightsSpec(
+        filename=f"mobilenet_{_tag}_224_tf_no_top.h5",
+        url=f"{KERAS_APPLICATIONS_URL}/mobilenet_{_tag}_224_tf_no_top.h5",
+        sha256=_sha,
+        format="keras_h5",
+        license=_KERAS_LICENCE,
+        source="Keras Applications MobileNet v1 ImageNet weights (include_top=False)",
+    )
+
+BACKBONE_WEIGHTS["keras-mobilenet-v1-1.0-coralqat"] = WeightsSpec(
+    filename="mobilenet_1_0_224_coralqat_no_top.h5",
+    url=None,
+    sha256="d20582434cbfa603e80deb72c0f2999986c4dc6c2cd12176ca0c0fa775cbebb6",
+    format="keras_h5",
+    license="Apache-2.0 (derived from google-coral/test_data)",
+    source="ImageNet MobileNet v1 1.0 dequantised from Coral's QAT tflite into the Keras layout (local file)",
+)

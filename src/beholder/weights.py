@@ -1,0 +1,178 @@
+"""Find, download and verify weight files.
+
+Resolution order for a registered file (see :func:`resolve_weights`):
+
+1. an explicit path given by the user (``--weights FILE``);
+2. directories listed in ``BEHOLDER_WEIGHTS_PATH`` (``os.pathsep``-separated), matched by file
+   name and verified by sha256;
+3. the cache, ``$BEHOLDER_CACHE/weights`` (default ``~/.cache/beholder/weights``), verified;
+4. a download into the cache: progress bar, resume of a partial ``.part`` file with an HTTP Range
+   request, sha256 check, then an atomic rename, so a killed download never looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Union
+
+from tqdm.auto import tqdm
+
+from beholder.errors import ConfigError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """A weight file's identity and provenance."""
+
+    filename: str
+    url: Optional[str]
+    sha256: Optional[str]
+    format: str  # "keras_h5" (Keras legacy weights) or "torch" (a Beholder checkpoint)
+    license: str
+    source: str  # where the file was published, for people
+
+    def to_dict(self) -> Dict[str, Optional[str]]:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    """Beholder's cache root: ``$BEHOLDER_CACHE`` or ``~/.cache/beholder``."""
+    return Path(os.environ.get("BEHOLDER_CACHE") or Path.home() / ".cache" / "beholder").expanduser()
+
+
+def weights_search_path() -> list:
+    raw = os.environ.get("BEHOLDER_WEIGHTS_PATH", "")
+    return [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(path: Path, spec: WeightsSpec) -> bool:
+    if not path.is_file():
+        return False
+    if spec.sha256 is None:
+        return True
+    actual = sha256_file(path)
+    if actual != spec.sha256:
+        log.warning("%s: sha256 %s does not match the expected %s; ignoring this copy", path, actual, spec.sha256)
+        return False
+    return True
+
+
+def _candidates(spec: WeightsSpec) -> Iterator[Path]:
+    for directory in weights_search_path():
+        yield directory / spec.filename
+    yield cache_dir() / "weights" / spec.filename
+
+
+def find_local_weights(spec: WeightsSpec) -> Optional[Path]:
+    """The first verified local copy of ``spec`` (search path, then cache), or None."""
+    for path in _candidates(spec):
+        if _verified(path, spec):
+            return path
+    return None
+
+
+def _how_to_get(spec: WeightsSpec) -> str:
+    where = f"download {spec.url}" if spec.url else f"obtain {spec.filename} ({spec.source})"
+    return (
+        f"To use it offline, {where} on a machine with internet access and either place it in "
+        f"{cache_dir() / 'weights'}, or put it in a directory listed in BEHOLDER_WEIGHTS_PATH, "
+        f"or pass --weights FILE."
+    )
+
+
+def resolve_weights(
+    spec: WeightsSpec, explicit: Optional[Union[str, Path]] = None, *, download: bool = True, progress: bool = True
+) -> Path:
+    """Return a local, verified path to ``spec``'s file, downloading it if needed.
+
+    Raises:
+        ConfigError: an explicit file that does not exist.
+        WeightsUnavailableError: not found locally and not downloadable (offline, no URL, bad sha256).
+    """
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"weights file not found: {path}")
+        return path
+    local = find_local_weights(spec)
+    if local is not None:
+        return local
+    if not spec.url or not download:
+        raise WeightsUnavailableError(f"weights {spec.filename} are not available locally. {_how_to_get(spec)}")
+    target = cache_dir() / "weights" / spec.filename
+    try:
+        return download_file(spec.url, target, sha256=spec.sha256, progress=progress)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise WeightsUnavailableError(
+            f"could not download weights {spec.filename} from {spec.url} ({exc}). {_how_to_get(spec)}"
+        ) from exc
+
+
+def download_file(
+    url: str,
+    target: Union[str, Path],
+    *,
+    sha256: Optional[str] = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> Path:
+    """Download ``url`` to ``target`` atomically, resuming a previous partial download.
+
+    The body goes to ``target + '.part'``; an interrupted run leaves that file and the next call
+    continues it with a Range request (or starts over if the server ignores ranges). Only a body
+    whose sha256 matches is renamed to ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    offset = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "beholder"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        resumed = offset > 0 and response.status == 206
+        if not resumed:
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else None
+        with open(partial, "ab" if resumed else "wb") as out, tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"downloading {target.name}",
+            disable=not progress,
+            leave=False,
+        ) as bar:
+            for block in iter(lambda: response.read(_CHUNK), b""):
+                out.write(block)
+                bar.update(len(block))
+    if total is not None and partial.stat().st_size != total:
+        raise OSError(f"download of {url} ended early: {partial.stat().st_size} of {total} bytes")
+    if sha256 is not None:
+        actual = sha256_file(partial)
+        if actual != sha256:
+            partial.unlink()
+            raise ValueError(f"sha256 mismatch for {url}: got {actual}, expected {sha256}")
+    os.replace(partial, target)
+    log.info("downloaded %s -> %s", url, target)
+    return target
