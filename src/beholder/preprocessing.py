@@ -44,7 +44,9 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}")
+            raise ValueError(
+                f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
         if isinstance(self.resize, list):
             self.resize = tuple(self.resize)
         self.mean = tuple(float(v) for v in self.mean)

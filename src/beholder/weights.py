@@ -70,7 +70,9 @@ def _verified(path: Path, spec: WeightsSpec) -> bool:
         return True
     actual = sha256_file(path)
     if actual != spec.sha256:
-        log.warning("%s: sha256 %s does not match the expected %s; ignoring this copy", path, actual, spec.sha256)
+        log.warning(
+            "%s: sha256 %s does not match the expected %s; ignoring this copy", path, actual, spec.sha256
+        )
         return False
     return True
 
@@ -99,7 +101,11 @@ def _how_to_get(spec: WeightsSpec) -> str:
 
 
 def resolve_weights(
-    spec: WeightsSpec, explicit: Optional[Union[str, Path]] = None, *, download: bool = True, progress: bool = True
+    spec: WeightsSpec,
+    explicit: Optional[Union[str, Path]] = None,
+    *,
+    download: bool = True,
+    progress: bool = True,
 ) -> Path:
     """Return a local, verified path to ``spec``'s file, downloading it if needed.
 
@@ -116,7 +122,9 @@ def resolve_weights(
     if local is not None:
         return local
     if not spec.url or not download:
-        raise WeightsUnavailableError(f"weights {spec.filename} are not available locally. {_how_to_get(spec)}")
+        raise WeightsUnavailableError(
+            f"weights {spec.filename} are not available locally. {_how_to_get(spec)}"
+        )
     target = cache_dir() / "weights" / spec.filename
     try:
         return download_file(spec.url, target, sha256=spec.sha256, progress=progress)
@@ -153,16 +161,19 @@ def download_file(
             offset = 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
-        with open(partial, "ab" if resumed else "wb") as out, tqdm(
-            total=total,
-            initial=offset,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=f"downloading {target.name}",
-            disable=not progress,
-            leave=False,
-        ) as bar:
+        with (
+            open(partial, "ab" if resumed else "wb") as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"downloading {target.name}",
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             for block in iter(lambda: response.read(_CHUNK), b""):
                 out.write(block)
                 bar.update(len(block))

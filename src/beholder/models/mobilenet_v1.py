@@ -83,7 +83,13 @@ class KerasMobileNetV1(nn.Module):
             if stride == 2:
                 layers[f"conv_pad_{index}"] = nn.ZeroPad2d((0, 1, 0, 1))
             layers[f"conv_dw_{index}"] = nn.Conv2d(
-                channels, channels, 3, stride=stride, padding=1 if stride == 1 else 0, groups=channels, bias=False
+                channels,
+                channels,
+                3,
+                stride=stride,
+                padding=1 if stride == 1 else 0,
+                groups=channels,
+                bias=False,
             )
             layers[f"conv_dw_{index}_bn"] = _bn(channels)
             layers[f"conv_dw_{index}_relu"] = nn.ReLU6(inplace=True)
@@ -151,7 +157,9 @@ def read_keras_h5(path: Union[str, Path]) -> Dict[str, Dict[str, np.ndarray]]:
 def _copy(param: torch.Tensor, array: np.ndarray, what: str) -> None:
     tensor = torch.from_numpy(np.ascontiguousarray(array)).to(param.dtype)
     if tuple(tensor.shape) != tuple(param.shape):
-        raise ConfigError(f"shape mismatch for {what}: file has {tuple(tensor.shape)}, model has {tuple(param.shape)}")
+        raise ConfigError(
+            f"shape mismatch for {what}: file has {tuple(tensor.shape)}, model has {tuple(param.shape)}"
+        )
     with torch.no_grad():
         param.copy_(tensor)
 
@@ -173,7 +181,9 @@ def load_keras_layer(module: nn.Module, weights: Dict[str, np.ndarray], what: st
             _copy(module.bias, weights["bias"], f"{what}.bias")
     elif isinstance(module, nn.Linear):
         kernel = weights["kernel"]
-        kernel = kernel.reshape(-1, kernel.shape[-1]).T  # Dense (in, out) or 1x1 conv (1, 1, in, out) -> (out, in)
+        kernel = kernel.reshape(
+            -1, kernel.shape[-1]
+        ).T  # Dense (in, out) or 1x1 conv (1, 1, in, out) -> (out, in)
         _copy(module.weight, kernel, f"{what}.kernel")
         _copy(module.bias, weights["bias"], f"{what}.bias")
     else:  # pragma: no cover - programming error
@@ -200,7 +210,9 @@ def load_keras_mobilenet_weights(
     rest = [name for name in layers if name not in expected]
     if model.conv_preds is not None:
         if "conv_preds" not in layers:
-            raise ConfigError(f"{source}: has no ImageNet classifier 'conv_preds' (an include_top=False file?)")
+            raise ConfigError(
+                f"{source}: has no ImageNet classifier 'conv_preds' (an include_top=False file?)"
+            )
         load_keras_layer(model.conv_preds, layers["conv_preds"], f"{source}:conv_preds")
         rest.remove("conv_preds")
     log.debug("loaded %d MobileNet layers from %s; left over: %s", len(expected), source, rest)

@@ -60,7 +60,9 @@ class Architecture:
 class NIMA(nn.Module):
     """Backbone -> pooled features (B, C) -> Dropout -> Linear(C, 10) -> logits (B, 10)."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, architecture: Architecture, preprocessing: Preprocessing):
+    def __init__(
+        self, backbone: nn.Module, num_features: int, architecture: Architecture, preprocessing: Preprocessing
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Sequential(
@@ -145,7 +147,9 @@ def load_keras_nima_weights(model: NIMA, path: Union[str, Path]) -> None:
     layers = read_keras_h5(path)
     rest = load_keras_mobilenet_weights(model.backbone, layers, str(path))
     linear = model.head[1]
-    dense = [name for name in rest if layers[name].get("kernel") is not None and layers[name]["kernel"].ndim == 2]
+    dense = [
+        name for name in rest if layers[name].get("kernel") is not None and layers[name]["kernel"].ndim == 2
+    ]
     if len(dense) != 1:
         raise ConfigError(f"{path}: expected exactly one Dense layer after the MobileNet base, found {dense}")
     load_keras_layer(linear, layers[dense[0]], f"{path}:{dense[0]}")

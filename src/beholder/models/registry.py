@@ -54,7 +54,9 @@ def get_backbone_weights(name: str) -> WeightsSpec:
     try:
         return BACKBONE_WEIGHTS[name]
     except KeyError:
-        raise ConfigError(f"unknown backbone weights {name!r}; available: {', '.join(BACKBONE_WEIGHTS)}") from None
+        raise ConfigError(
+            f"unknown backbone weights {name!r}; available: {', '.join(BACKBONE_WEIGHTS)}"
+        ) from None
 
 
 def list_models() -> List[str]:
@@ -90,7 +92,11 @@ register_model(
 _KERAS_LICENCE = "Apache-2.0 (Keras Applications, from TF-slim MobileNet v1 checkpoints)"
 
 for _alpha, _tag, _sha in (
-    (1.0, "1_0", None),  # Keras publishes no checksum for this file; it is verified by its layer shapes on load.
+    (
+        1.0,
+        "1_0",
+        None,
+    ),  # Keras publishes no checksum for this file; it is verified by its layer shapes on load.
     (0.75, "7_5", None),
     (0.5, "5_0", None),
     (0.25, "2_5", "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"),
