@@ -84,7 +84,8 @@ class Scorer:
         runtime: 'torch' (default), or another name registered in :mod:`beholder.runtimes`.
         device: torch device for the torch runtime (default: CUDA if available, else CPU).
         batch_size: images per model call.
-        workers: decoding threads (default: number of CPUs, at most 8).
+        workers: decoding threads (default: twice the CPUs, at most 8; decoding competes with the
+            model for cores, and more threads give it a fairer share).
         max_pixels: refuse larger images (decompression-bomb guard).
     """
 
@@ -107,7 +108,7 @@ class Scorer:
         self.transform = build_eval_transform(self.preprocessing)
         self.draft_size = self.preprocessing.draft_size()
         self.batch_size = batch_size
-        self.workers = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
+        self.workers = max(1, workers if workers is not None else min(8, 2 * (os.cpu_count() or 1)))
         self.max_pixels = max_pixels
         self.runtime_name = runtime
         self.runtime = create_runtime(runtime, model, device=device)

@@ -1,0 +1,68 @@
+"""A zoo of bad and odd image files for the robustness tests."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+from conftest import make_photo
+from PIL import Image
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_png_header(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A tiny file whose PNG header claims 900 megapixels: a decompression bomb's signature."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 16)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    return path
+
+
+def bad_files(folder: Path) -> Dict[str, str]:
+    """Write one file per kind of bad input; returns {path: expected words in the error}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = make_photo(folder / "source.jpg", size=(400, 300))
+    data = good.read_bytes()
+    truncated = folder / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupt = folder / "corrupt.jpg"
+    corrupt.write_bytes(data[:200] + bytes(len(data) - 400) + data[-200:])
+    empty = folder / "empty.jpg"
+    empty.write_bytes(b"")
+    text = folder / "notes.jpg"
+    text.write_text("this is not an image\n")
+    good.unlink()
+    return {
+        str(truncated): "truncated",
+        str(corrupt): "corrupt",
+        str(empty): "empty",
+        str(text): "not an image",
+        str(huge_png_header(folder / "bomb.png")): "too many pixels",
+        str(folder / "missing.jpg"): "not found",
+    }
+
+
+def odd_mode_files(folder: Path) -> Dict[str, str]:
+    """Valid images in modes that need conversion to RGB; returns {path: source mode}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "grey.png": ("L", "PNG"),
+        "grey_alpha.png": ("LA", "PNG"),
+        "palette.png": ("P", "PNG"),
+        "rgba.png": ("RGBA", "PNG"),
+        "cmyk.jpg": ("CMYK", "JPEG"),
+    }
+    written = {}
+    for name, (mode, fmt) in files.items():
+        written[str(make_photo(folder / name, mode=mode, fmt=fmt))] = mode
+    sixteen = folder / "grey16.png"
+    ramp = (np.linspace(0, 65535, 240 * 320).reshape(240, 320)).astype(np.uint16)
+    Image.fromarray(ramp).save(sixteen)
+    written[str(sixteen)] = "I;16"
+    return written

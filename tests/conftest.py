@@ -1,0 +1,65 @@
+"""Shared fixtures: the offline assets folder (skipped cleanly when absent) and generated images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+
+#: Keras reference means of idealo's NIMA on the sample AVA images (assets/nima_idealo/README.txt).
+IDEALO_KERAS_MEANS = {
+    "42039.jpg": 5.154,
+    "42040.jpg": 4.232,
+    "42041.jpg": 5.450,
+    "42042.jpg": 5.164,
+    "42044.jpg": 5.729,
+    "800749.jpg": 6.081,
+}
+
+
+def asset(relative: str) -> Path:
+    """Path of a file under the shared assets folder, or skip the test when it is not there."""
+    path = ASSETS / relative
+    if not path.exists():
+        pytest.skip(f"offline asset not available: {relative}")
+    return path
+
+
+@pytest.fixture
+def idealo_weights(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make idealo's NIMA weights findable through BEHOLDER_WEIGHTS_PATH; the cache is a temp dir."""
+    folder = asset("nima_idealo/weights_mobilenet_aesthetic_0.07.hdf5").parent
+    monkeypatch.setenv("BEHOLDER_WEIGHTS_PATH", str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Never read or write the user's real cache from tests."""
+    cache = tmp_path_factory.mktemp("beholder-cache")
+    monkeypatch.setenv("BEHOLDER_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def sample_images() -> Path:
+    return asset("ava_sample/images")
+
+
+def make_photo(path: Path, size=(320, 240), seed: int = 0, mode: str = "RGB", fmt: str = "JPEG", **save) -> Path:
+    """Write a smooth, photo-like test image in any PIL mode and format."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x / max(width, 1), y / max(height, 1), (x + y) / (width + height)], -1) * 255
+    pixels = np.clip(pixels * rng.uniform(0.4, 1.0, 3) + rng.normal(0, 8, pixels.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, fmt, **save)
+    return path

@@ -1,0 +1,85 @@
+"""Helpers shared by the AVA data tests: generated images, AVA.txt lines, the CLI, the shared assets."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+from PIL import Image
+
+#: ../shared/assets beside the repository (real AVA label rows, official lists); may be absent.
+SHARED_ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+AVA_SAMPLE = SHARED_ASSETS / "ava_sample"
+REAL_LABELS = AVA_SAMPLE / "labels" / "qiushiyang_nima"
+GENERIC_TEST = AVA_SAMPLE / "official_lists" / "aesthetics_image_lists" / "generic_test.jpgl"
+
+# Run the real CLI entry point with only the `ava` command registered: the other commands import
+# torch when registering, which would cost seconds per subprocess and is not what these tests cover.
+CLI_BOOTSTRAP = (
+    "import sys, beholder.cli as cli; cli.COMMAND_MODULES = ['beholder.cli.ava']; sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+def require(path: Path) -> Path:
+    """Skip the test cleanly when a shared asset is not available."""
+    if not path.exists():
+        pytest.skip(f"shared asset not available: {path}")
+    return path
+
+
+def image_bytes(width: int = 96, height: int = 72, *, seed: int = 0, fmt: str = "JPEG", mode: str = "RGB") -> bytes:
+    """A small photo-like image (smooth colour field plus texture) encoded as ``fmt``."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+    if mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def write_image(path: Path, width: int = 96, height: int = 72, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image_bytes(width, height, **kwargs))
+    return path
+
+
+def ava_line(index: int, image_id: int, votes: Sequence[int], tags: Sequence[int] = (0, 0), challenge: int = 1) -> str:
+    """One AVA.txt row: index, id, 10 vote counts, 2 tags, challenge id."""
+    assert len(votes) == 10
+    return " ".join(str(v) for v in (index, image_id, *votes, *tags, challenge))
+
+
+def random_votes(rng: np.random.Generator) -> list[int]:
+    return [int(v) for v in rng.integers(0, 40, 10)]
+
+
+def ava_main(argv: Sequence[str]) -> int:
+    """``beholder`` main() in-process, with only the `ava` command registered."""
+    import beholder.cli as cli
+
+    saved = cli.COMMAND_MODULES
+    cli.COMMAND_MODULES = ["beholder.cli.ava"]
+    try:
+        return cli.main(list(argv))
+    finally:
+        cli.COMMAND_MODULES = saved
+
+
+def ava_subprocess(argv: Sequence[str], cwd: Optional[Path] = None, **kwargs) -> subprocess.Popen:
+    """Start ``beholder ava ...`` (see CLI_BOOTSTRAP) as a child process."""
+    return subprocess.Popen(
+        [sys.executable, "-c", CLI_BOOTSTRAP, *argv],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
