@@ -38,7 +38,7 @@ def make_jpegs(directory: Path, count: int, seed: int = 0) -> List[str]:
     for i in range(count):
         # Smooth gradients plus noise: compresses like a photo, not like flat colour or pure noise.
         y, x = np.mgrid[0:600, 0:800]
-        base = (np.stack([x / 800, y / 600, (x + y) / 1400], -1) * 255 * rng.uniform(0.5, 1.0, 3))
+        base = np.stack([x / 800, y / 600, (x + y) / 1400], -1) * 255 * rng.uniform(0.5, 1.0, 3)
         pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
         path = directory / f"img_{i:04d}.jpg"
         Image.fromarray(pixels).save(path, quality=90)
@@ -51,7 +51,9 @@ def baseline(model: torch.nn.Module, paths: List[str], batch_size: int) -> None:
     model.eval()
     with torch.no_grad():
         for start in range(0, len(paths), batch_size):
-            batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[start : start + batch_size]])
+            batch = torch.stack(
+                [transform(Image.open(p).convert("RGB")) for p in paths[start : start + batch_size]]
+            )
             torch.softmax(model(batch), dim=-1)
 
 
@@ -81,14 +83,18 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
-        print(f"{args.images} JPEGs 800x600, batch {args.batch_size}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, best of {args.repeats}")
+        print(
+            f"{args.images} JPEGs 800x600, batch {args.batch_size}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, best of {args.repeats}"
+        )
         rows = [("baseline: eager fp32, PIL, 1 process", lambda: baseline(model, paths, args.batch_size))]
         for runtime in args.runtimes or available_runtimes():
             scorer = Scorer(model, runtime=runtime, batch_size=args.batch_size)
             rows.append((f"beholder Scorer, runtime={runtime}", lambda s=scorer: s.score(paths)))
         draft_scorer = Scorer(bilinear_model, batch_size=args.batch_size)
-        rows.append(("beholder Scorer, torch, bilinear model (JPEG draft)", lambda: draft_scorer.score(paths)))
+        rows.append(
+            ("beholder Scorer, torch, bilinear model (JPEG draft)", lambda: draft_scorer.score(paths))
+        )
 
         reference = None
         print(f"{'configuration':<55} {'img/s':>8} {'ratio':>7}")

@@ -50,13 +50,17 @@ def sample_images() -> Path:
     return asset("ava_sample/images")
 
 
-def make_photo(path: Path, size=(320, 240), seed: int = 0, mode: str = "RGB", fmt: str = "JPEG", **save) -> Path:
+def make_photo(
+    path: Path, size=(320, 240), seed: int = 0, mode: str = "RGB", fmt: str = "JPEG", **save
+) -> Path:
     """Write a smooth, photo-like test image in any PIL mode and format."""
     rng = np.random.default_rng(seed)
     width, height = size
     y, x = np.mgrid[0:height, 0:width]
     pixels = np.stack([x / max(width, 1), y / max(height, 1), (x + y) / (width + height)], -1) * 255
-    pixels = np.clip(pixels * rng.uniform(0.4, 1.0, 3) + rng.normal(0, 8, pixels.shape), 0, 255).astype(np.uint8)
+    pixels = np.clip(pixels * rng.uniform(0.4, 1.0, 3) + rng.normal(0, 8, pixels.shape), 0, 255).astype(
+        np.uint8
+    )
     image = Image.fromarray(pixels, "RGB")
     if mode != "RGB":
         image = image.convert(mode)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bad_images import bad_files, huge_png_header, odd_mode_files
 from PIL import Image
 
+from bad_images import bad_files, huge_png_header, odd_mode_files
 from beholder.errors import ImageLoadError
 from beholder.imageio import open_image
 
@@ -64,7 +64,7 @@ def test_pixel_limit_is_per_call(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError, match="too many pixels"):
         open_image(path, max_pixels=9_999)
     # The global PIL limit is untouched.
-    assert Image.MAX_IMAGE_PIXELS == global_limit
+    assert global_limit == Image.MAX_IMAGE_PIXELS
 
 
 def test_bomb_header_fails_before_decoding(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import asset
 from PIL import Image
 
 from beholder.errors import ConfigError
@@ -16,6 +15,7 @@ from beholder.models.mobilenet_v1 import (
     read_keras_h5,
 )
 from beholder.preprocessing import Preprocessing, build_eval_transform
+from conftest import asset
 
 CORAL = "weights/coral_tflite"
 WITH_TOP = "weights/keras_mobilenet_v1_1.0_from_coral_qat/mobilenet_1_0_224_coralqat.h5"
@@ -75,7 +75,9 @@ def _coral_batch():
 
 def test_include_top_weights_give_expected_imagenet_top1() -> None:
     layers = read_keras_h5(asset(WITH_TOP))
-    labels = asset(f"{CORAL}/imagenet_labels.txt").read_text().splitlines()[1:]  # Keras order drops "background"
+    labels = (
+        asset(f"{CORAL}/imagenet_labels.txt").read_text().splitlines()[1:]
+    )  # Keras order drops "background"
     model = KerasMobileNetV1(infer_alpha(layers), num_classes=1000).eval()
     assert load_keras_mobilenet_weights(model, layers) == []
     names, batch = _coral_batch()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bad_images import bad_files, odd_mode_files
-from conftest import IDEALO_KERAS_MEANS, make_photo
 from PIL import Image
 
+from bad_images import bad_files, odd_mode_files
 from beholder import Scorer
 from beholder.cli import main
 from beholder.inference import expand_inputs
 from beholder.models import Architecture, build_nima
+from conftest import IDEALO_KERAS_MEANS, make_photo
 
 
 def score_json(args, capsys):
@@ -59,7 +59,9 @@ def test_rank_orders_by_mean_and_formats_agree(idealo_weights, sample_images, ca
     assert "42039.jpg" in table and "5.15" in table
 
 
-def test_bad_inputs_are_reported_per_file_and_the_rest_scored(idealo_weights, sample_images, tmp_path, capsys) -> None:
+def test_bad_inputs_are_reported_per_file_and_the_rest_scored(
+    idealo_weights, sample_images, tmp_path, capsys
+) -> None:
     bad = bad_files(tmp_path / "bad")
     odd = odd_mode_files(tmp_path / "odd")
     good = [str(sample_images / "42039.jpg"), *odd]
@@ -94,7 +96,10 @@ def test_expand_inputs_handles_files_directories_and_globs(tmp_path) -> None:
     found = expand_inputs([str(tmp_path)])
     assert [Path(p).relative_to(tmp_path).as_posix() for p in found] == ["a.png", "b.jpg", "sub/c.JPEG"]
     assert expand_inputs([str(tmp_path / "*.jpg")]) == [str(tmp_path / "b.jpg")]
-    assert expand_inputs([str(tmp_path / "notes.txt"), "nope.jpg"]) == [str(tmp_path / "notes.txt"), "nope.jpg"]
+    assert expand_inputs([str(tmp_path / "notes.txt"), "nope.jpg"]) == [
+        str(tmp_path / "notes.txt"),
+        "nope.jpg",
+    ]
 
 
 def test_python_api_accepts_paths_bytes_and_pil_images(tmp_path) -> None:

@@ -9,13 +9,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import asset
 
 from beholder.cli import main
 from beholder.errors import ConfigError, WeightsUnavailableError
-from beholder.models import create_model
-from beholder.models import registry
+from beholder.models import create_model, registry
 from beholder.weights import WeightsSpec, download_file, resolve_weights, sha256_file
+from conftest import asset
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -88,7 +87,9 @@ def test_interrupted_download_leaves_no_final_file_and_resumes(server, tmp_path:
     assert not target.exists()
     partial = tmp_path / "weights.bin.part"
     assert partial.stat().st_size == 300_000
-    download_file(f"{server.url}/weights.bin", target, sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=False)
+    download_file(
+        f"{server.url}/weights.bin", target, sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=False
+    )
     assert target.read_bytes() == PAYLOAD and not partial.exists()
     assert server.requests[-1] == ("/weights.bin", "bytes=300000-")
 
@@ -122,7 +123,9 @@ def test_explicit_file_comes_first_and_must_exist(tmp_path: Path) -> None:
 def test_offline_score_exits_2_with_instructions(monkeypatch, tmp_path: Path, capsys) -> None:
     spec = registry.MODELS[registry.DEFAULT_MODEL]
     # Port 9 (discard) on loopback refuses connections: the same failure as having no network.
-    offline = dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, url="http://127.0.0.1:9/w.hdf5"))
+    offline = dataclasses.replace(
+        spec, weights=dataclasses.replace(spec.weights, url="http://127.0.0.1:9/w.hdf5")
+    )
     monkeypatch.setitem(registry.MODELS, registry.DEFAULT_MODEL, offline)
     monkeypatch.delenv("BEHOLDER_WEIGHTS_PATH", raising=False)
     image = asset("ava_sample/images/42039.jpg")
@@ -137,7 +140,9 @@ def test_registered_model_downloads_from_its_url(server, monkeypatch, isolated_c
     source = asset("nima_idealo/weights_mobilenet_aesthetic_0.07.hdf5")
     spec = registry.MODELS[registry.DEFAULT_MODEL]
     assert sha256_file(source) == spec.weights.sha256
-    served = dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, url=f"{server.url}/weights.bin"))
+    served = dataclasses.replace(
+        spec, weights=dataclasses.replace(spec.weights, url=f"{server.url}/weights.bin")
+    )
     monkeypatch.setitem(registry.MODELS, registry.DEFAULT_MODEL, served)
     monkeypatch.delenv("BEHOLDER_WEIGHTS_PATH", raising=False)
     server.payload = source.read_bytes()

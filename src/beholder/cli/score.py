@@ -77,7 +77,7 @@ def render(results: List, fmt: str) -> str:
     for r in results:
         if r.ok:
             peak = max(r.distribution) or 1.0
-            spark = "".join(bars[min(8, int(round(p / peak * 8)))] for p in r.distribution)
+            spark = "".join(bars[min(8, round(p / peak * 8))] for p in r.distribution)
             lines.append(f"{r.path:<{width}}  {r.mean:5.2f}  {r.std:5.2f}  {spark}")
         else:
             lines.append(f"{r.path:<{width}}  {'-':>5}  {'-':>5}  error: {r.error}")

@@ -136,7 +136,7 @@ def read_keras_h5(path: Union[str, Path]) -> Dict[str, Dict[str, np.ndarray]]:
     except OSError as exc:
         raise ConfigError(f"{path}: not a readable HDF5 weights file ({exc})") from exc
     with h5:
-        group = h5["model_weights"] if "model_weights" in h5 else h5
+        group = h5.get("model_weights", h5)
         if "layer_names" not in group.attrs:
             raise ConfigError(f"{path}: no 'layer_names' attribute; not a Keras legacy .h5 weights file")
         layers: Dict[str, Dict[str, np.ndarray]] = {}

@@ -88,7 +88,7 @@ def timm_preprocessing(model: nn.Module) -> Preprocessing:
     if interpolation not in ("nearest", "bilinear", "bicubic"):
         interpolation = "bicubic"
     return Preprocessing(
-        resize=int(math.floor(size / crop_pct)),
+        resize=math.floor(size / crop_pct),
         interpolation=interpolation,
         crop=size,
         mean=tuple(config["mean"]),
