@@ -76,6 +76,6 @@ def test_bytes_and_pil_inputs(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     Image.new("P", (5, 4)).save(path)
     assert open_image(path.read_bytes(), name="upload.png").size == (5, 4)
-    with pytest.raises(ImageLoadError, match="upload.bin: empty"):
+    with pytest.raises(ImageLoadError, match=r"upload\.bin: empty"):
         open_image(b"", name="upload.bin")
     assert open_image(Image.new("L", (3, 3))).mode == "RGB"

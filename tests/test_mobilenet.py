@@ -122,5 +122,5 @@ def test_classifier_needs_include_top_file() -> None:
 def test_non_hdf5_file_is_a_config_error(tmp_path) -> None:
     bogus = tmp_path / "weights.h5"
     bogus.write_bytes(b"not hdf5 at all")
-    with pytest.raises(ConfigError, match="weights.h5"):
+    with pytest.raises(ConfigError, match=r"weights\.h5"):
         read_keras_h5(bogus)
