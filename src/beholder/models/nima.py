@@ -131,7 +131,9 @@ def build_nima(
             if "Unknown model" in str(exc):
                 raise ConfigError(f"unknown timm model {name!r} (see timm.list_models())") from exc
             raise
-        num_features = backbone.num_features
+        # With num_classes=0 timm returns pooled features of `head_hidden_size` (models with a
+        # pre-logits layer, e.g. MobileNetV3) or else `num_features`.
+        num_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         default_pre = timm_preprocessing(backbone)
     else:
         raise ConfigError(
