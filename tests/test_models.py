@@ -28,8 +28,9 @@ def test_forward_returns_logits_not_probabilities() -> None:
 
 
 def test_timm_backbone_sizes_the_head_and_brings_its_preprocessing() -> None:
+    # MobileNetV3 has a pre-logits layer: its pooled output (1024) is wider than num_features (288).
     model = build_nima(Architecture(backbone="timm/mobilenetv3_small_050", dropout=0.2)).eval()
-    assert model.head[1].in_features == model.backbone.num_features
+    assert model.head[1].in_features == model.backbone(torch.zeros(1, 3, 224, 224)).shape[1] == 1024
     pre = model.preprocessing
     assert pre.crop == 224 and pre.interpolation == "bicubic"
     assert pre.mean == pytest.approx((0.485, 0.456, 0.406), abs=1e-3)
