@@ -21,8 +21,10 @@ GENERIC_TEST = AVA_SAMPLE / "official_lists" / "aesthetics_image_lists" / "gener
 
 # Run the real CLI entry point with only the `ava` command registered: the other commands import
 # torch when registering, which would cost seconds per subprocess and is not what these tests cover.
+# SIGINT is re-armed because a child of a non-interactive shell may start with it ignored.
 CLI_BOOTSTRAP = (
-    "import sys, beholder.cli as cli; cli.COMMAND_MODULES = ['beholder.cli.ava']; sys.exit(cli.main(sys.argv[1:]))"
+    "import signal, sys, beholder.cli as cli; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "cli.COMMAND_MODULES = ['beholder.cli.ava']; sys.exit(cli.main(sys.argv[1:]))"
 )
 
 
@@ -33,7 +35,9 @@ def require(path: Path) -> Path:
     return path
 
 
-def image_bytes(width: int = 96, height: int = 72, *, seed: int = 0, fmt: str = "JPEG", mode: str = "RGB") -> bytes:
+def image_bytes(
+    width: int = 96, height: int = 72, *, seed: int = 0, fmt: str = "JPEG", mode: str = "RGB"
+) -> bytes:
     """A small photo-like image (smooth colour field plus texture) encoded as ``fmt``."""
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
@@ -51,7 +55,9 @@ def write_image(path: Path, width: int = 96, height: int = 72, **kwargs) -> Path
     return path
 
 
-def ava_line(index: int, image_id: int, votes: Sequence[int], tags: Sequence[int] = (0, 0), challenge: int = 1) -> str:
+def ava_line(
+    index: int, image_id: int, votes: Sequence[int], tags: Sequence[int] = (0, 0), challenge: int = 1
+) -> str:
     """One AVA.txt row: index, id, 10 vote counts, 2 tags, challenge id."""
     assert len(votes) == 10
     return " ".join(str(v) for v in (index, image_id, *votes, *tags, challenge))

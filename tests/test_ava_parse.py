@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, require
 
 from beholder.data.ava import (
     LABEL_COLUMNS,
@@ -19,6 +18,7 @@ from beholder.data.ava import (
     read_image_list,
 )
 from beholder.errors import ConfigError
+from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, require
 
 
 def _reference(line: str) -> dict:
@@ -153,7 +153,9 @@ def test_splits_are_disjoint_seeded_and_stable():
 
     # Independent re-computation of the documented rule.
     rest = np.array(sorted(set(ids) - test_ids))
-    expected_val = set(rest[np.random.default_rng(0).permutation(len(rest))[: round(0.1 * len(rest))]].tolist())
+    expected_val = set(
+        rest[np.random.default_rng(0).permutation(len(rest))[: round(0.1 * len(rest))]].tolist()
+    )
     assert val == expected_val
 
     # Same seed: same split whatever the order of the ids; another seed: another val set.

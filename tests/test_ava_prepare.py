@@ -11,12 +11,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, ava_main, image_bytes, require, write_image
 from PIL import Image
 
 import beholder.data.ava as ava
 from beholder.data.ava import IMAGE_REASONS, MANIFEST_COLUMNS, ROW_REASONS, load_manifest, prepare
 from beholder.errors import ConfigError
+from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, ava_main, image_bytes, require, write_image
 
 GOOD_VOTES = [1, 2, 5, 10, 20, 15, 8, 4, 2, 1]
 
@@ -61,7 +61,9 @@ def test_manifest_from_real_rows_matches_independent_computation(tmp_path, capsy
     rest = np.array(sorted(set(all_ids) - official_test))
     n_val = round(0.1 * len(rest))
     val_ids = set(rest[np.random.default_rng(0).permutation(len(rest))[:n_val]].tolist())
-    expected_split = {i: "test" if i in official_test else "val" if i in val_ids else "train" for i in all_ids}
+    expected_split = {
+        i: "test" if i in official_test else "val" if i in val_ids else "train" for i in all_ids
+    }
     rows = {int(line.split()[1]): [int(x) for x in line.split()] for line in lines}
 
     manifest = load_manifest(out)
@@ -282,7 +284,9 @@ def test_fast_decode_cache_matches_full_decode(tmp_path):
     caches = []
     for fast in (True, False):
         out = tmp_path / f"prepared_{fast}"
-        prepare(tmp_path / "AVA.txt", tmp_path / "images", out, fast_decode=fast, image_size=128, progress=False)
+        prepare(
+            tmp_path / "AVA.txt", tmp_path / "images", out, fast_decode=fast, image_size=128, progress=False
+        )
         manifest = load_manifest(out)
         assert tuple(manifest.loc[0, ["width", "height"]]) == (800, 600)
         caches.append(np.asarray(Image.open(manifest.loc[0, "cache_path"]), dtype=np.float64))

@@ -20,7 +20,7 @@ WEIGHTS_025_DIR = ASSETS / "weights" / "keras_mobilenet_v1_0.25"
 WEIGHTS_025 = WEIGHTS_025_DIR / "mobilenet_2_5_224_tf_no_top.h5"
 
 SCORES = np.arange(1, 11, dtype=np.float64)
-RATING_STD = 1.4
+RATING_STD = 1.5
 
 # Small, fast settings shared by the training tests: width-0.25 MobileNet with ImageNet weights.
 TINY = [
@@ -50,17 +50,17 @@ def rating_distribution(mean: float, std: float = RATING_STD) -> np.ndarray:
 
 
 def brightness_to_mean(brightness: float) -> float:
-    return 2.5 + 5.0 * brightness
+    return 3.0 + 4.0 * brightness
 
 
 def make_image(brightness: float, rng: np.random.Generator, size: int) -> Image.Image:
     """A textured image whose average grey level is set by ``brightness`` in [0, 1]."""
     level = 30 + 190 * brightness
-    tint = rng.uniform(-15, 15, size=3)
-    pixels = level + tint + rng.normal(0, 12, size=(size, size, 3))
+    tint = rng.uniform(-10, 10, size=3)
+    pixels = level + tint + rng.normal(0, 6, size=(size, size, 3))
     for _ in range(3):  # a few random patches of colour, so the image is not a flat field
         x, y = rng.integers(0, size - size // 4, size=2)
-        pixels[y : y + size // 4, x : x + size // 4] += rng.uniform(-25, 25, size=3)
+        pixels[y : y + size // 4, x : x + size // 4] += rng.uniform(-15, 15, size=3)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 

@@ -3,13 +3,29 @@
 A runtime is a callable ``(batch: float32 array or tensor of shape (B, 3, H, W)) -> (B, 10)
 probabilities as a numpy array``. The scorer, the evaluator and the HTTP service only talk to
 this interface, so a faster engine slots in without touching them.
+
+Runtimes:
+
+* ``torch``: eager PyTorch with BatchNorm folded and channels-last memory (always available);
+* ``onnx``: ONNX Runtime on the model exported by :func:`beholder.export.export_onnx`;
+* ``openvino``: OpenVINO on the same ONNX file, at fp32 (``INFERENCE_PRECISION_HINT``: on CPUs
+  with bf16 units OpenVINO would otherwise silently run in bf16);
+* ``auto``: the fastest one installed (see :data:`AUTO_PREFERENCE`).
+
+``onnx`` and ``openvino`` are registered only when their packages import. They export the model
+on first use into ``$BEHOLDER_CACHE/onnx/<sha256 of weights, architecture, preprocessing>.onnx``
+and reuse that file afterwards.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from typing import Callable, Dict, Optional, Union
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -67,18 +83,252 @@ class TorchRuntime:
         return probabilities.cpu().numpy()
 
 
+def _cpu_threads() -> int:
+    """CPUs this process may use (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _as_float32_numpy(batch: Batch) -> np.ndarray:
+    if isinstance(batch, torch.Tensor):
+        batch = batch.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def onnx_cache_dir() -> Path:
+    """Where runtimes keep exported ONNX files: ``$BEHOLDER_CACHE/onnx``."""
+    from beholder.weights import cache_dir
+
+    return cache_dir() / "onnx"
+
+
+def exported_onnx(model: NIMA, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """The model as an ONNX file (probabilities output), exported once and cached by content hash.
+
+    The cache key covers the weights, architecture, preprocessing and exporter versions, so a
+    retrained model never picks up a stale file. If the cache is not writable (a read-only
+    container, say), the file goes to a fresh temporary directory instead.
+    """
+    from beholder.export import export_onnx, model_fingerprint
+
+    folder = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
+    path = folder / f"{model_fingerprint(model)}.onnx"
+    if path.is_file():
+        log.debug("using cached ONNX export %s", path)
+        return path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return export_onnx(model, path, check=False)
+    except OSError as exc:
+        fallback = Path(tempfile.mkdtemp(prefix="beholder-onnx-")) / path.name
+        log.warning("cannot write the ONNX cache %s (%s); exporting to %s", folder, exc, fallback)
+        return export_onnx(model, fallback, check=False)
+
+
+def _onnx_output_kind(path: Path) -> str:
+    from beholder.export import load_onnx_metadata
+
+    return load_onnx_metadata(path)["output"]
+
+
+class OnnxRuntime:
+    """ONNX Runtime (CPU, or CUDA with onnxruntime-gpu) on the model's cached ONNX export.
+
+    Args:
+        model: the NIMA model to export; or use :meth:`from_file` for an exported file.
+        device: None or 'cpu' for the CPU provider; 'cuda' needs onnxruntime-gpu.
+        threads: intra-op threads (default: the CPUs this process may use). Threads do not spin
+            while idle, because the Scorer decodes images on the same cores between model calls.
+        cache_dir: where exports are cached (default ``$BEHOLDER_CACHE/onnx``).
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        model: Optional[NIMA] = None,
+        device: Optional[str] = None,
+        *,
+        threads: Optional[int] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        path: Optional[Union[str, os.PathLike]] = None,
+    ):
+        import onnxruntime as ort
+
+        if (model is None) == (path is None):
+            raise ConfigError("OnnxRuntime needs a model or the path of an exported ONNX file (one of them)")
+        self.device = (device or "cpu").lower()
+        if self.device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        elif self.device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ConfigError("runtime 'onnx' on CUDA needs onnxruntime-gpu; use --runtime torch on GPUs")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            raise ConfigError(f"runtime 'onnx' supports devices cpu and cuda, not {device!r}")
+        self.path = Path(path) if path is not None else exported_onnx(model, cache_dir)
+        self.output = _onnx_output_kind(self.path)
+        self.threads = threads or _cpu_threads()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep instead of spinning: the Scorer decodes images on the same cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(os.fspath(self.path), options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @classmethod
+    def from_file(
+        cls, path: Union[str, os.PathLike], device: Optional[str] = None, **kwargs
+    ) -> "OnnxRuntime":
+        """Run an ONNX file written by :func:`beholder.export.export_onnx`."""
+        return cls(None, device, path=path, **kwargs)
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        # InferenceSession.run is thread-safe; no lock needed.
+        (outputs,) = self.session.run(None, {self.input_name: _as_float32_numpy(batch)})
+        return outputs if self.output == "probabilities" else _softmax(outputs)  # (B, 10)
+
+
+class OpenVinoRuntime:
+    """OpenVINO (CPU plugin, fp32) on the model's cached ONNX export.
+
+    Args:
+        model: the NIMA model to export; or use :meth:`from_file` for an exported file.
+        device: None or 'cpu' for OpenVINO's CPU plugin; other OpenVINO device names (GPU, NPU)
+            are passed through when OpenVINO lists them.
+        threads: inference threads (default: the CPUs this process may use).
+        cache_dir: where exports are cached (default ``$BEHOLDER_CACHE/onnx``).
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        model: Optional[NIMA] = None,
+        device: Optional[str] = None,
+        *,
+        threads: Optional[int] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        path: Optional[Union[str, os.PathLike]] = None,
+    ):
+        import openvino as ov
+
+        if (model is None) == (path is None):
+            raise ConfigError(
+                "OpenVinoRuntime needs a model or the path of an exported ONNX file (one of them)"
+            )
+        core = ov.Core()
+        self.device = (device or "cpu").upper()
+        if self.device not in core.available_devices:
+            raise ConfigError(
+                f"runtime 'openvino' has no device {device!r}; OpenVINO sees: {', '.join(core.available_devices)}"
+            )
+        self.path = Path(path) if path is not None else exported_onnx(model, cache_dir)
+        self.output = _onnx_output_kind(self.path)
+        self.threads = threads or _cpu_threads()
+        config = {
+            # One request at a time, all threads on it: the Scorer and the service already batch.
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        if self.device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        self.compiled = core.compile_model(core.read_model(os.fspath(self.path)), self.device, config)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # an infer request serves one call at a time
+
+    @classmethod
+    def from_file(
+        cls, path: Union[str, os.PathLike], device: Optional[str] = None, **kwargs
+    ) -> "OpenVinoRuntime":
+        """Run an ONNX file written by :func:`beholder.export.export_onnx`."""
+        return cls(None, device, path=path, **kwargs)
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        with self._lock:
+            result = self._request.infer({0: _as_float32_numpy(batch)})
+            outputs = np.array(result[0], dtype=np.float32, copy=True)  # the request reuses its buffer
+        return outputs if self.output == "probabilities" else _softmax(outputs)  # (B, 10)
+
+
 #: name -> factory(model, device) for every runtime this installation supports.
 RUNTIMES: Dict[str, Callable[..., Callable[[Batch], np.ndarray]]] = {"torch": TorchRuntime}
 
 
+def _register_optional() -> None:
+    # Export needs onnx and onnxscript (torch's exporter); each engine needs its own package too.
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        log.debug("onnx/onnxscript not installed: runtimes onnx and openvino unavailable")
+        return
+    try:
+        import onnxruntime  # noqa: F401
+
+        RUNTIMES["onnx"] = OnnxRuntime
+    except ImportError:
+        log.debug("onnxruntime not installed: runtime onnx unavailable")
+    try:
+        import openvino  # noqa: F401
+
+        RUNTIMES["openvino"] = OpenVinoRuntime
+    except ImportError:
+        log.debug("openvino not installed: runtime openvino unavailable")
+
+
+_register_optional()
+
+#: What ``auto`` picks on CPU: the first of these that is installed. A fixed order rather than a
+#: measurement at start-up, so that a service starts fast and always picks the same engine; it
+#: follows benchmarks/score_throughput.py on a 2-core AVX-512 CPU (docs/deploy.md has figures).
+AUTO_PREFERENCE: Tuple[str, ...] = ("onnx", "openvino", "torch")
+
+
 def available_runtimes() -> list:
+    """Names of the runtimes installed here (``auto`` not included)."""
     return list(RUNTIMES)
 
 
+def resolve_runtime_name(name: str, device: Optional[str] = None) -> str:
+    """The concrete runtime ``name`` stands for: ``auto`` becomes the fastest installed one.
+
+    On a CUDA device ``auto`` means ``torch``: the CPU engines cannot use the GPU.
+    """
+    if name != "auto":
+        return name
+    cuda = device.startswith("cuda") if device else torch.cuda.is_available()
+    if cuda:
+        return "torch"
+    return next(candidate for candidate in AUTO_PREFERENCE if candidate in RUNTIMES)
+
+
 def create_runtime(name: str, model: NIMA, device: Optional[str] = None) -> Callable[[Batch], np.ndarray]:
-    """Build the runtime called ``name`` ('torch', or any registered in :data:`RUNTIMES`)."""
-    if name == "auto":
-        name = "torch"
-    if name not in RUNTIMES:
-        raise ConfigError(f"unknown or unavailable runtime {name!r}; available here: {', '.join(RUNTIMES)}")
-    return RUNTIMES[name](model, device=device)
+    """Build the runtime called ``name`` ('torch', 'onnx', 'openvino' or 'auto').
+
+    Raises:
+        ConfigError: the name is unknown, or its package is not installed.
+    """
+    resolved = resolve_runtime_name(name, device)
+    if resolved not in RUNTIMES:
+        raise ConfigError(
+            f"unknown or unavailable runtime {name!r}; available here: {', '.join([*RUNTIMES, 'auto'])}"
+            + (
+                " (install 'beholder[onnx]' or 'beholder[openvino]')"
+                if resolved in ("onnx", "openvino")
+                else ""
+            )
+        )
+    if resolved != name:
+        log.info("runtime auto -> %s", resolved)
+    return RUNTIMES[resolved](model, device=device)

@@ -1,0 +1,580 @@
+"""HTTP service and web page: score uploaded photos with a :class:`~beholder.inference.Scorer`.
+
+Endpoints (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
+
+* ``POST /v1/score``: multipart upload of one or many images; returns the same JSON objects as
+  ``beholder score --format json``, in upload order;
+* ``POST /v1/rank``: the same, best mean first (failed files last);
+* ``GET /v1/models``: the served model (name, architecture, preprocessing, runtime) and the limits;
+* ``GET /healthz``: liveness;
+* ``GET /``: a self-contained web page to drop photos on and compare them.
+
+Design:
+
+* Only uploaded bytes are scored. No endpoint reads server paths or fetches URLs: a form field
+  that is not a file upload is rejected (422), never interpreted.
+* Limits give JSON errors naming the offending file: request body over ``max_upload_bytes``
+  (413, from Content-Length before reading, or while streaming), more than ``max_files`` files
+  (413), a file that is not an image (415) or is empty/corrupt/truncated/over ``max_pixels``
+  (422), a request slower than ``request_timeout_s`` (408 while uploading, 504 after).
+  When several files are sent and only some fail, the response is 200 with per-file ``error``
+  objects, as ``beholder score`` prints them; an error status means nothing could be scored.
+* Decoding and preprocessing run on a thread pool, never on the event loop. Preprocessed
+  tensors from concurrent requests are micro-batched (:class:`MicroBatcher`): the first one
+  waits up to ``batch_window_ms`` for others, up to ``max_batch`` images, then one runtime call
+  on a dedicated thread serves them all. Requests arriving during a model call form the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from beholder import __version__
+from beholder.errors import ConfigError, ImageLoadError
+from beholder.imageio import open_image
+from beholder.inference import Scorer, ScoreResult
+from beholder.metrics import distribution_mean, distribution_std
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_FILES = 32
+#: Lower than the library's 128 MP: a service decodes several uploads at once (3 bytes per pixel).
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+DEFAULT_BATCH_WINDOW_MS = 5.0
+
+_NOT_AN_IMAGE = "not an image"  # the start of ImageLoadError.problem for undecodable data
+
+
+class ApiError(Exception):
+    """An error answered as JSON: ``{"error": code, "detail": message, "files": [...]}``."""
+
+    def __init__(self, status: int, code: str, detail: str, files: Optional[List[Dict[str, str]]] = None):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.files = status, code, detail, files
+
+    def body(self) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"error": self.code, "detail": self.detail}
+        if self.files is not None:
+            body["files"] = self.files
+        return body
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, "upload_too_large", f"request body is larger than the limit of {limit:,} bytes ({_mib(limit)})"
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: 413 when the body is over ``max_bytes``, before the app reads it all.
+
+    A declared Content-Length over the limit is refused before any byte is read; a chunked or
+    understated body is counted while it streams, and refused as soon as it passes the limit.
+    """
+
+    def __init__(self, app: Callable, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                length = -1
+            if length < 0:
+                response = JSONResponse({"error": "bad_request", "detail": "invalid Content-Length"}, 400)
+                await response(scope, receive, send)
+                return
+            if length > self.max_bytes:
+                error = _too_large(self.max_bytes)
+                await JSONResponse(error.body(), error.status)(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _too_large(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+@dataclass
+class _Job:
+    batch: torch.Tensor  # (n, 3, H, W)
+    future: asyncio.Future
+
+
+@dataclass
+class BatcherStats:
+    calls: int = 0
+    images: int = 0
+    batch_sizes: List[int] = field(default_factory=list)
+
+
+class MicroBatcher:
+    """Collect preprocessed batches from concurrent requests into few model calls.
+
+    Args:
+        predict: (B, 3, H, W) tensor -> (B, 10) probabilities; runs on one dedicated thread.
+        max_batch: at most this many images per model call (larger submissions are split).
+        window_s: how long the first waiting job waits for company before the call.
+    """
+
+    def __init__(self, predict: Callable[[torch.Tensor], np.ndarray], *, max_batch: int, window_s: float):
+        if max_batch < 1:
+            raise ConfigError(f"max batch must be at least 1, got {max_batch}")
+        self.predict, self.max_batch, self.window_s = predict, max_batch, max(0.0, window_s)
+        self.stats = BatcherStats()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="beholder-model")
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._queue: Optional[asyncio.Queue] = None
+        self._task: Optional[asyncio.Task] = None
+        self._carry: Optional[_Job] = None
+
+    def _ensure_started(self) -> asyncio.Queue:
+        # Bound to the running loop lazily: test clients may run each app instance in its own loop.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop, self._queue, self._carry = loop, asyncio.Queue(), None
+            self._task = loop.create_task(self._run(), name="beholder-micro-batcher")
+        assert self._queue is not None
+        return self._queue
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting for the model (for /healthz)."""
+        return (self._queue.qsize() if self._queue is not None else 0) + (self._carry is not None)
+
+    async def submit(self, batch: torch.Tensor) -> np.ndarray:
+        """Probabilities (n, 10) for a preprocessed (n, 3, H, W) batch, computed with others'."""
+        queue = self._ensure_started()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for start in range(0, len(batch), self.max_batch):
+            future = loop.create_future()
+            queue.put_nowait(_Job(batch[start : start + self.max_batch], future))
+            futures.append(future)
+        parts = await asyncio.gather(*futures)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    async def _next_jobs(self, queue: asyncio.Queue) -> List[_Job]:
+        first = self._carry or await queue.get()
+        self._carry = None
+        jobs, size = [first], len(first.batch)
+        if size < self.max_batch and self.window_s > 0 and queue.qsize() == 0:
+            await asyncio.sleep(self.window_s)  # give concurrent requests time to join
+        while size < self.max_batch and not queue.empty():
+            job = queue.get_nowait()
+            if size + len(job.batch) > self.max_batch:
+                self._carry = job  # first in line for the next call
+                break
+            jobs.append(job)
+            size += len(job.batch)
+        return jobs
+
+    async def _run(self) -> None:
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [job for job in await self._next_jobs(queue) if not job.future.done()]
+            if not jobs:  # every requester timed out or went away while waiting
+                continue
+            batch = torch.cat([job.batch for job in jobs]) if len(jobs) > 1 else jobs[0].batch
+            try:
+                probabilities = await loop.run_in_executor(self._executor, self.predict, batch)
+            except Exception as exc:  # a runtime failure fails these requests, not the service
+                log.exception("model call failed for a batch of %d", len(batch))
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.stats.calls += 1
+            self.stats.images += len(batch)
+            self.stats.batch_sizes.append(len(batch))
+            del self.stats.batch_sizes[:-1000]
+            start = 0
+            for job in jobs:
+                end = start + len(job.batch)
+                if not job.future.done():  # the request may have timed out meanwhile
+                    job.future.set_result(probabilities[start:end])
+                start = end
+
+    async def close(self) -> None:
+        if self._task is not None and self._loop is asyncio.get_running_loop():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+        self._executor.shutdown(wait=False)
+
+
+@dataclass
+class ServiceConfig:
+    """The service's limits (see :func:`create_app`)."""
+
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS
+    max_batch: int = 32
+    workers: int = 2
+
+    def check(self) -> None:
+        for name in ("max_upload_bytes", "max_files", "max_batch", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be at least 1, got {self.max_pixels}")
+        if self.request_timeout_s <= 0:
+            raise ConfigError(f"request timeout must be positive, got {self.request_timeout_s}")
+        if self.batch_window_ms < 0:
+            raise ConfigError(f"batch window must not be negative, got {self.batch_window_ms}")
+
+
+class ScoringService:
+    """Uploads -> per-file results: decoding on a thread pool, the model through a micro-batcher."""
+
+    def __init__(self, scorer: Scorer, config: ServiceConfig):
+        self.scorer, self.config = scorer, config
+        self.runtime_name = getattr(scorer.runtime, "name", scorer.runtime_name)
+        self.decode_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="beholder-decode")
+        self.batcher = MicroBatcher(
+            scorer.predict, max_batch=config.max_batch, window_s=config.batch_window_ms / 1000
+        )
+        self.started = time.time()
+
+    def _prepare(self, data: bytes, name: str) -> torch.Tensor:
+        image = open_image(
+            data, name=name, max_pixels=self.config.max_pixels, draft_size=self.scorer.draft_size
+        )
+        return self.scorer.transform(image)  # (3, H, W)
+
+    async def score(self, uploads: List[Tuple[str, bytes]]) -> List[ScoreResult]:
+        loop = asyncio.get_running_loop()
+        futures = [
+            loop.run_in_executor(self.decode_pool, self._prepare, data, name) for name, data in uploads
+        ]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        results, tensors = [], []
+        for (name, _), outcome in zip(uploads, outcomes):
+            if isinstance(outcome, ImageLoadError):
+                results.append(ScoreResult(path=name, error=outcome.problem))
+            elif isinstance(outcome, BaseException):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                log.debug("preprocessing failed for %s", name, exc_info=outcome)
+                results.append(ScoreResult(path=name, error=f"{type(outcome).__name__}: {outcome}"))
+            else:
+                results.append(ScoreResult(path=name))
+                tensors.append(outcome)
+        if tensors:
+            probabilities = await self.batcher.submit(torch.stack(tensors))  # (n, 10)
+            means, stds = distribution_mean(probabilities), distribution_std(probabilities)
+            index = iter(range(len(tensors)))
+            for result in results:
+                if result.error is None:
+                    i = next(index)
+                    result.mean, result.std = float(means[i]), float(stds[i])
+                    result.distribution = [float(v) for v in probabilities[i]]
+        return results
+
+    def describe_model(self) -> Dict[str, Any]:
+        model = self.scorer.model
+        return {
+            "name": self.scorer.name,
+            "architecture": model.architecture.to_dict(),
+            "preprocessing": model.preprocessing.to_dict(),
+            "runtime": self.runtime_name,
+            "input_size": list(model.preprocessing.input_size),
+            "scores": list(range(1, model.architecture.num_classes + 1)),
+        }
+
+    def limits(self) -> Dict[str, Any]:
+        c = self.config
+        return {
+            "max_upload_bytes": c.max_upload_bytes,
+            "max_files": c.max_files,
+            "max_pixels": c.max_pixels,
+            "request_timeout_s": c.request_timeout_s,
+            "batch_window_ms": c.batch_window_ms,
+            "max_batch": c.max_batch,
+        }
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self.decode_pool.shutdown(wait=False)
+
+
+class ScoreItem(BaseModel):
+    """One result, as ``beholder score --format json`` prints it (``error`` instead of scores if it failed)."""
+
+    path: str
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    distribution: Optional[List[float]] = None
+    error: Optional[str] = None
+
+
+class ErrorBody(BaseModel):
+    """An error response; ``files`` lists the per-file problems when files were at fault."""
+
+    error: str
+    detail: str
+    files: Optional[List[ScoreItem]] = None
+
+
+def _rank(results: List[ScoreResult]) -> List[ScoreResult]:
+    # As `beholder score --rank`: best mean first, failed inputs last in upload order (stable sort).
+    return sorted(results, key=lambda r: (r.error is not None, -(r.mean or 0.0)))
+
+
+def _failure(results: List[ScoreResult]) -> ApiError:
+    files = [r.to_dict() for r in results]
+    names = ", ".join(repr(r.path) for r in results[:5]) + (" ..." if len(results) > 5 else "")
+    if all(r.error.startswith(_NOT_AN_IMAGE) for r in results):
+        return ApiError(415, "unsupported_media_type", f"not an image or unsupported format: {names}", files)
+    detail = "; ".join(f"{r.path!r}: {r.error}" for r in results[:5])
+    return ApiError(422, "invalid_image", f"no image could be scored: {detail}", files)
+
+
+def _upload_name(filename: Optional[str], index: int) -> str:
+    # Browsers send base names; keep at most 255 characters of whatever the client said.
+    name = os.path.basename((filename or "").replace("\\", "/")) or f"upload-{index + 1}"
+    return name[:255]
+
+
+_MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or more image files (any field name; every part must be a file)",
+                        }
+                    },
+                    "required": ["files"],
+                }
+            }
+        },
+    }
+}
+
+
+def create_app(
+    scorer: Scorer,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+    max_batch: Optional[int] = None,
+    workers: Optional[int] = None,
+):
+    """Build the FastAPI app serving ``scorer``.
+
+    Args:
+        scorer: the model, its preprocessing and runtime (``Scorer(..., runtime='auto')``).
+        max_upload_bytes: largest request body (all files together); 413 above it.
+        max_files: most files in one request; 413 above it.
+        max_pixels: largest image (width x height); 422 above it (decompression bombs).
+        request_timeout_s: a request (upload, decoding, queueing, model) taking longer fails:
+            408 if the upload itself was not complete by then, 504 otherwise.
+        batch_window_ms: how long a request waits for concurrent ones to share a model call.
+        max_batch: most images per model call (default: the scorer's batch size).
+        workers: decoding threads (default: the scorer's).
+    """
+    config = ServiceConfig(
+        max_upload_bytes=max_upload_bytes,
+        max_files=max_files,
+        max_pixels=max_pixels,
+        request_timeout_s=request_timeout_s,
+        batch_window_ms=batch_window_ms,
+        max_batch=max_batch or scorer.batch_size,
+        workers=workers or scorer.workers,
+    )
+    config.check()
+    service = ScoringService(scorer, config)
+    page = resources.files("beholder").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await service.close()
+
+    app = FastAPI(
+        title="Beholder",
+        version=__version__,
+        description=(
+            "Predict the distribution of human 1-10 aesthetic ratings for photos "
+            "(NIMA, Talebi & Milanfar 2018). Upload images as multipart/form-data."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes)
+
+    error_responses = {
+        status: {"model": ErrorBody, "description": text}
+        for status, text in {
+            408: "the upload did not complete within the request timeout",
+            413: "request body or file count over the limit",
+            415: "no file was an image",
+            422: "no file could be scored (empty, corrupt, truncated, too many pixels), or a non-file field",
+            504: "scoring did not complete within the request timeout",
+        }.items()
+    }
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = str(exc.detail).lower().replace(" ", "_") if exc.status_code in (404, 405) else "http_error"
+        return JSONResponse({"error": code, "detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    async def read_uploads(request: Request) -> List[Tuple[str, bytes]]:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send images as multipart/form-data file uploads (this service never reads paths or URLs)",
+            )
+        parser = MultiPartParser(
+            request.headers, request.stream(), max_files=config.max_files, max_fields=config.max_files
+        )
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            if exc.message.startswith("Too many files"):
+                raise ApiError(
+                    413, "too_many_files", f"more than {config.max_files} files in one request"
+                ) from exc
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from exc
+        try:
+            uploads: List[Tuple[str, bytes]] = []
+            for index, (field_name, value) in enumerate(form.multi_items()):
+                if not isinstance(value, UploadFile):
+                    raise ApiError(
+                        422,
+                        "not_a_file",
+                        f"form field {field_name!r} is not a file upload: this service scores uploaded "
+                        "files only and never reads server paths or fetches URLs",
+                    )
+                uploads.append((_upload_name(value.filename, index), await value.read()))
+        finally:
+            await form.close()
+        if not uploads:
+            raise ApiError(422, "no_files", "no image files in the request (multipart field 'files')")
+        return uploads
+
+    async def handle(request: Request, rank: bool) -> JSONResponse:
+        phase = "upload"
+
+        async def work() -> List[ScoreResult]:
+            nonlocal phase
+            uploads = await read_uploads(request)
+            phase = "scoring"
+            return await service.score(uploads)
+
+        try:
+            results = await asyncio.wait_for(work(), timeout=config.request_timeout_s)
+        except asyncio.TimeoutError:
+            if phase == "upload":
+                raise ApiError(
+                    408, "upload_timeout", f"upload not complete within {config.request_timeout_s:g} s"
+                ) from None
+            raise ApiError(
+                504, "timeout", f"scoring did not complete within {config.request_timeout_s:g} s"
+            ) from None
+        if all(not r.ok for r in results):
+            raise _failure(results)
+        if rank:
+            results = _rank(results)
+        return JSONResponse([r.to_dict() for r in results])
+
+    @app.post(
+        "/v1/score",
+        response_model=List[ScoreItem],
+        responses=error_responses,
+        openapi_extra=_MULTIPART_BODY,
+        summary="Score images, in upload order",
+    )
+    async def score(request: Request) -> JSONResponse:
+        """Rating distribution, mean and std of each uploaded image (per-file ``error`` if it failed)."""
+        return await handle(request, rank=False)
+
+    @app.post(
+        "/v1/rank",
+        response_model=List[ScoreItem],
+        responses=error_responses,
+        openapi_extra=_MULTIPART_BODY,
+        summary="Score images, best mean first",
+    )
+    async def rank(request: Request) -> JSONResponse:
+        """As ``/v1/score``, sorted by mean score, best first; failed files last."""
+        return await handle(request, rank=True)
+
+    @app.get("/v1/models", summary="The served model and the service's limits")
+    async def models() -> Dict[str, Any]:
+        return {"models": [service.describe_model()], "limits": service.limits()}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> Dict[str, Any]:
+        stats = service.batcher.stats
+        return {
+            "status": "ok",
+            "model": service.scorer.name,
+            "runtime": service.runtime_name,
+            "uptime_s": round(time.time() - service.started, 1),
+            "model_calls": stats.calls,
+            "images_scored": stats.images,
+            "queued": service.batcher.pending,
+        }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return app

@@ -1,0 +1,393 @@
+"""`beholder ava download` against a local HTTP server that misbehaves in every way the issue lists."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+import beholder.data.download as dl
+from beholder.data.download import FAILURE_REASONS, download, find_image_url
+from beholder.errors import ConfigError
+from data_helpers import ava_line, ava_main, ava_subprocess, image_bytes
+
+VOTES = [1, 2, 5, 10, 20, 15, 8, 4, 2, 1]
+FAST = {"timeout": 0.3, "retries": 2, "backoff": 0.01, "progress": False}
+
+
+class FakeSource(ThreadingHTTPServer):
+    """Serves /img/<anything_><id>.jpg and /page?IMAGE_ID=<id> with a behaviour per id."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.behaviour: dict[int, str] = {}
+        self.page_behaviour: dict[int, str] = {}
+        self.delay = 0.0
+        self.requests: Counter[str] = Counter()
+        self.active = 0
+        self.max_active = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()  # ends the "hang" behaviour
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # clients that time out or get killed break pipes; that is the point of these tests
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeSource
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        server = self.server
+        with server.lock:
+            server.requests[self.path] += 1
+            count = server.requests[self.path]
+            server.active += 1
+            server.max_active = max(server.max_active, server.active)
+        try:
+            if server.delay:
+                time.sleep(server.delay)
+            parts = urlsplit(self.path)
+            match = re.fullmatch(r"/img/(?:.*_)?(\d+)\.jpg", parts.path)
+            if match:
+                self._image(int(match.group(1)), count)
+            elif parts.path == "/page":
+                self._page(int(parse_qs(parts.query)["IMAGE_ID"][0]))
+            else:
+                self.send_error(404)
+        finally:
+            with server.lock:
+                server.active -= 1
+
+    def _send(self, body: bytes, content_type: str = "image/jpeg", length: int | None = None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _image(self, image_id: int, count: int) -> None:
+        body = image_bytes(96, 72, seed=image_id)
+        how = self.server.behaviour.get(image_id, "ok")
+        if how == "404":
+            self.send_error(404)
+        elif how == "500" or (how == "500_then_ok" and count <= 2):
+            self.send_error(500)
+        elif how == "429_then_ok" and count == 1:
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif how == "slow" or (how == "slow_then_ok" and count == 1):
+            time.sleep(1.0)  # beyond the client's timeout
+            self._send(body)
+        elif how == "cut" or (how == "cut_then_ok" and count == 1):
+            self._send(body[: len(body) // 2], length=len(body) + 500)  # then the connection closes
+        elif how == "cut_no_length":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+        elif how == "html":
+            self._send(
+                b"<!DOCTYPE html><html><body>Sorry, no image</body></html>", "text/html; charset=utf-8"
+            )
+        elif how == "html_as_jpeg":
+            self._send(b"<html><body>Error page served as image/jpeg</body></html>")
+        elif how == "no_content_type":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif how == "png":
+            self._send(image_bytes(96, 72, seed=image_id, fmt="PNG"), "image/png")
+        elif how == "hang":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:100])
+            self.wfile.flush()
+            self.server.release.wait(30)
+            self.wfile.write(body[100:])
+        else:
+            self._send(body)
+
+    def _page(self, image_id: int) -> None:
+        how = self.server.page_behaviour.get(image_id, "ok")
+        if how == "404":
+            self.send_error(404)
+            return
+        images = '<img src="/static/logo_1.png"><img src="/img/Copyrighted_123_other.jpg">'
+        if how == "ok":
+            images += f'<IMG SRC="/img/Copyrighted_Image_Reuse_Prohibited_{image_id}.jpg" alt="photo">'
+        page = f"<html><head><title>DPChallenge</title></head><body>{images}</body></html>"
+        self._send(page.encode(), "text/html; charset=utf-8")
+
+
+@pytest.fixture
+def source():
+    server = FakeSource()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def _ava_txt(path: Path, ids) -> Path:
+    path.write_text("\n".join(ava_line(i, i, VOTES) for i in ids) + "\n")
+    return path
+
+
+def _failures(out: Path) -> dict[int, str]:
+    frame = pd.read_csv(out / "failures.csv")
+    assert list(frame.columns) == ["image_id", "reason", "detail", "url"]
+    return dict(zip(frame["image_id"], frame["reason"]))
+
+
+def _complete(out: Path) -> dict[int, Path]:
+    files = {}
+    for path in out.iterdir():
+        if path.suffix in (".jpg", ".png"):
+            with Image.open(path) as image:
+                image.load()  # raises if the file is incomplete
+            files[int(path.stem)] = path
+    return files
+
+
+def test_every_fault_ends_as_a_file_or_a_reason_and_a_rerun_resumes(tmp_path, source):
+    behaviours = {
+        1: "ok",
+        2: "404",
+        3: "500_then_ok",
+        4: "500",
+        5: "slow",
+        6: "slow_then_ok",
+        7: "cut",
+        8: "cut_then_ok",
+        9: "html",
+        10: "html_as_jpeg",
+        11: "429_then_ok",
+        12: "cut_no_length",
+        13: "png",
+        14: "no_content_type",
+    }
+    source.behaviour.update(behaviours)
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", behaviours)
+    with open(ava_txt, "a") as handle:
+        handle.write("99 99 1 2 3\n")  # malformed: never requested
+    out = tmp_path / "images"
+    template = source.base + "/img/{id}.jpg"
+    summary = download(ava_txt, out, url_template=template, workers=4, **FAST)
+
+    assert set(_complete(out)) == {1, 3, 6, 8, 11, 13, 14}
+    assert (out / "13.png").is_file() and not list(out.glob("*.part"))
+    expected_failures = {
+        2: "not_found",
+        4: "http_error",
+        5: "timeout",
+        7: "incomplete_body",
+        9: "not_an_image",
+        10: "not_an_image",
+        12: "incomplete_body",
+    }
+    assert _failures(out) == expected_failures
+    assert set(expected_failures.values()) <= set(FAILURE_REASONS)
+    assert {k: summary[k] for k in ("requested", "ok", "skipped", "failed", "not_attempted")} == {
+        "requested": 14,
+        "ok": 7,
+        "skipped": 0,
+        "failed": 7,
+        "not_attempted": 0,
+    }
+    assert json.loads((out / "download.json").read_text())["failures_by_reason"] == dict(
+        Counter(expected_failures.values())
+    )
+    # Transient failures were retried (1 + 2 retries), permanent ones were not.
+    requests = {int(re.search(r"(\d+)\.jpg", p).group(1)): n for p, n in source.requests.items()}
+    assert requests[2] == 1 and requests[9] == 1 and requests[10] == 1
+    assert requests[3] == 3 and requests[4] == 3 and requests[5] == 3 and requests[7] == 3
+    assert requests[6] == 2 and requests[8] == 2 and requests[11] == 2
+    assert "99" not in str(requests)
+
+    # The server recovers; the rerun fetches only what is missing.
+    source.behaviour.clear()
+    before = dict(source.requests)
+    again = download(ava_txt, out, url_template=template, workers=4, **FAST)
+    assert (again["ok"], again["skipped"], again["failed"]) == (7, 7, 0)
+    assert set(_complete(out)) == set(behaviours)
+    fetched = {p for p, n in source.requests.items() if n > before.get(p, 0)}
+    assert fetched == {f"/img/{i}.jpg" for i in expected_failures}
+    assert pd.read_csv(out / "failures.csv").empty
+
+
+def test_page_mode_finds_the_image_in_the_page(tmp_path, source):
+    source.page_behaviour.update({2: "no_img", 3: "404"})
+    source.behaviour[4] = "404"  # the page is fine, its image is gone
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", [1, 2, 3, 4])
+    out = tmp_path / "images"
+    summary = download(ava_txt, out, url_template=source.base + "/page?IMAGE_ID={id}", page_mode=True, **FAST)
+    assert summary["ok"] == 1 and set(_complete(out)) == {1}
+    assert _failures(out) == {2: "no_image_in_page", 3: "not_found", 4: "not_found"}
+    failures = pd.read_csv(out / "failures.csv").set_index("image_id")
+    assert failures.loc[4, "url"].endswith("/img/Copyrighted_Image_Reuse_Prohibited_4.jpg")
+    assert not any("logo" in p or "_123_" in p for p in source.requests)
+
+
+def test_find_image_url():
+    page = """<html><img src="/logo.png"><img src='thumbs/Copyrighted_1234.jpg'>
+        <img src="https://images.example.com/challenge/Copyrighted_Image_Reuse_Prohibited_123.jpg"></html>"""
+    assert find_image_url(page, "http://x.org/image.php?IMAGE_ID=123", 123) == (
+        "https://images.example.com/challenge/Copyrighted_Image_Reuse_Prohibited_123.jpg"
+    )
+    assert (
+        find_image_url(page, "http://x.org/a/image.php?IMAGE_ID=1234", 1234)
+        == "http://x.org/a/thumbs/Copyrighted_1234.jpg"
+    )
+    assert find_image_url(page, "http://x.org/", 12) is None
+    og = '<meta property="og:image" content="/full/777.jpg"><img src="/logo.png">'
+    assert find_image_url(og, "http://x.org/p", 5) == "http://x.org/full/777.jpg"
+    assert find_image_url("<img src=<<<", "http://x.org/", 1) is None
+
+
+def test_per_host_concurrency_is_bounded(tmp_path, source):
+    source.delay = 0.1
+    ids = list(range(1, 13))
+    summary = download(
+        _ava_txt(tmp_path / "AVA.txt", ids), tmp_path / "images", url_template=source.base + "/img/{id}.jpg",
+        workers=6, per_host=2, **FAST,
+    )  # fmt: skip
+    assert summary["ok"] == 12
+    assert source.max_active == 2
+
+
+def test_ids_and_limit(tmp_path, source):
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", range(1, 11))
+    out = tmp_path / "images"
+    summary = download(
+        ava_txt, out, ids={9, 3, 5, 77}, limit=2, url_template=source.base + "/img/{id}.jpg", **FAST
+    )
+    assert set(_complete(out)) == {3, 5}  # AVA.txt order, then the limit
+    assert summary["requested"] == 2 and summary["ids_without_label"] == 1
+
+
+def test_unreachable_host_gives_reasons_not_tracebacks(tmp_path, capsys):
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", range(1, 31))
+    argv = ["ava", "download", "--ava-txt", str(ava_txt), "--out", str(tmp_path / "images")]
+    argv += ["--url-template", f"http://127.0.0.1:{port}/img/{{id}}.jpg", "--workers", "2", "--retries", "1"]
+    argv += ["--backoff", "0.01", "--timeout", "1", "--abort-after", "4", "--no-progress"]
+    assert ava_main(argv) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert "is the host reachable?" in captured.out
+    summary = json.loads((tmp_path / "images" / "download.json").read_text())
+    assert summary["aborted"] and summary["ok"] == 0 and summary["not_attempted"] > 0
+    assert set(_failures(tmp_path / "images").values()) == {"connection_error"}
+
+
+def test_unresolvable_host_is_a_clear_config_error(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(dl.socket, "getaddrinfo", offline)
+    monkeypatch.setattr(dl.urllib.request, "getproxies", dict)
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", [1])
+    argv = ["ava", "download", "--ava-txt", str(ava_txt), "--out", str(tmp_path / "images"), "--page-mode"]
+    assert ava_main(argv) == 2
+    assert "cannot resolve host 'www.dpchallenge.com'" in capsys.readouterr().err
+
+
+def test_usage_errors(tmp_path):
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", [1])
+    with pytest.raises(ConfigError, match="--url-template"):
+        download(ava_txt, tmp_path / "images")
+    with pytest.raises(ConfigError, match=r"\{id\}"):
+        download(ava_txt, tmp_path / "images", url_template="http://x.org/image.jpg")
+    with pytest.raises(ConfigError, match="http"):
+        download(ava_txt, tmp_path / "images", url_template="file:///tmp/{id}.jpg")
+
+
+def _wait_for(condition, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the download to reach the expected state")
+        time.sleep(0.05)
+
+
+def _start(tmp_path: Path, source: FakeSource, ids) -> tuple[Path, object]:
+    """A child `beholder ava download` in which ids marked "hang" stall half-way through their body."""
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", ids)
+    out = tmp_path / "images"
+    argv = ["ava", "download", "--ava-txt", str(ava_txt), "--out", str(out), "--workers", "2"]
+    argv += ["--url-template", source.base + "/img/{id}.jpg", "--timeout", "30", "--no-progress"]
+    return out, ava_subprocess(argv, cwd=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_killed_midway_then_resumed(tmp_path, source):
+    source.behaviour.update({9: "hang", 10: "hang"})
+    out, child = _start(tmp_path, source, range(1, 11))
+    try:
+        # Ids 1-8 done, and both workers half-way through 9 and 10: kill without any cleanup.
+        _wait_for(lambda: len(list(out.glob("*.jpg"))) == 8 and len(list(out.glob("*.part"))) == 2)
+    finally:
+        child.kill()
+        child.communicate()
+    assert set(_complete(out)) == set(range(1, 9))  # every final name holds a complete image
+    assert len(list(out.glob("*.part"))) == 2  # the partial bodies are there, under .part names only
+
+    source.behaviour.clear()
+    summary = download(tmp_path / "AVA.txt", out, url_template=source.base + "/img/{id}.jpg", **FAST)
+    assert (summary["skipped"], summary["ok"], summary["failed"]) == (8, 2, 0)
+    assert set(_complete(out)) == set(range(1, 11)) and not list(out.glob("*.part"))
+    assert all(source.requests[f"/img/{i}.jpg"] == 1 for i in range(1, 9))  # not fetched twice
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_stops_cleanly_and_writes_the_summary(tmp_path, source):
+    source.behaviour.update({i: "hang" for i in range(7, 11)})
+    out, child = _start(tmp_path, source, range(1, 11))
+    try:
+        _wait_for(lambda: len(list(out.glob("*.jpg"))) == 6 and len(list(out.glob("*.part"))) == 2)
+        child.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, stderr = child.communicate(timeout=15)
+        stopped_in = time.monotonic() - started
+    finally:
+        child.kill()
+    assert child.returncode == 130, stderr
+    assert stopped_in < 5, "Ctrl-C must not wait for requests stuck on a silent server"
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    summary = json.loads((out / "download.json").read_text())
+    assert summary["interrupted"] is True
+    assert (summary["ok"], summary["failed"], summary["not_attempted"]) == (6, 0, 4)
+    assert set(_complete(out)) == set(range(1, 7)) and not list(out.glob("*.part"))
+    assert pd.read_csv(out / "failures.csv").empty
