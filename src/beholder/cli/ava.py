@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-from beholder.cli import EXIT_OK, EXIT_PARTIAL
+from beholder.cli import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "download",
         parents=[progress],
         help="download the images of AVA ids (resumable, polite)",
-        description="Download AVA images concurrently into DIR as <id>.jpg; a rerun skips completed files. "
-        "Writes DIR/download.json and DIR/failures.csv.",
+        description="Download AVA images concurrently into the --out directory as <id>.jpg; a rerun skips "
+        "completed files. Writes download.json and failures.csv there too. See docs/data.md.",
     )
     dl.add_argument("--ava-txt", required=True, help="AVA.txt (its valid rows give the ids)")
     dl.add_argument("--out", required=True, help="image directory")
@@ -114,8 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
 
 
 def run_download(args: argparse.Namespace) -> int:
