@@ -8,7 +8,7 @@ from typing import Any
 
 def add_model_arguments(parser: argparse.ArgumentParser, runtime: bool = False) -> None:
     """``--model NAME | --checkpoint FILE`` plus ``--weights FILE`` and ``--device``."""
-    from beholder.models.registry import DEFAULT_MODEL
+    from beholder.defaults import DEFAULT_MODEL
 
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--model", default=None, help=f"registered model name (default: {DEFAULT_MODEL})")
@@ -29,8 +29,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, runtime: bool = False) 
 def scorer_from_args(args: argparse.Namespace, **kwargs: Any):
     """Build the :class:`~beholder.inference.Scorer` the model arguments ask for."""
     from beholder.errors import ConfigError
+    from beholder.defaults import DEFAULT_MODEL
     from beholder.inference import Scorer
-    from beholder.models.registry import DEFAULT_MODEL
 
     options = {"device": args.device, "runtime": args.runtime, **kwargs}
     if args.checkpoint:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+from beholder.defaults import DEFAULT_MODEL
 from beholder.errors import ConfigError
 from beholder.models.nima import KERAS_MOBILENET, Architecture
 from beholder.preprocessing import Preprocessing
@@ -63,8 +64,6 @@ def list_models() -> List[str]:
     """Names of the registered NIMA models, default first."""
     return list(MODELS)
 
-
-DEFAULT_MODEL = "nima-mobilenet-idealo"
 
 register_model(
     ModelSpec(
