@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from train_helpers import make_prepared_dir, target_matrix
 
 from beholder.data.dataset import (
     EpochSampler,
@@ -20,6 +19,7 @@ from beholder.data.dataset import (
 )
 from beholder.errors import ImageLoadError
 from beholder.preprocessing import Preprocessing, build_eval_transform, build_train_transform
+from train_helpers import make_prepared_dir, target_matrix
 
 PRE = Preprocessing(resize=(40, 40), interpolation="bilinear", crop=32)
 
@@ -43,7 +43,7 @@ def test_items_are_image_tensors_and_vote_distributions(prepared):
     dataset = RatingDataset(frame, build_eval_transform(PRE))
     image, target = dataset[3]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert -1.0 <= image.min() and image.max() <= 1.0  # Keras normalisation: x / 127.5 - 1
+    assert image.min() >= -1.0 and image.max() <= 1.0  # Keras normalisation: x / 127.5 - 1
     assert target.shape == (10,) and target.dtype == torch.float32
     np.testing.assert_allclose(target.numpy(), target_matrix(frame)[3], rtol=1e-6)
     assert dataset.paths[3].endswith(f"cache/{frame['image_id'].iloc[3]}.jpg")
@@ -56,7 +56,9 @@ def test_cache_path_falls_back_to_source(prepared):
     dataset = RatingDataset(frame, build_eval_transform(PRE))
     assert dataset.paths[0] == frame["source_path"][0] and dataset.paths[1] == frame["source_path"][1]
     assert dataset.paths[2] == frame["cache_path"][2]
-    assert RatingDataset(frame, build_eval_transform(PRE), use_cache=False).paths[2] == frame["source_path"][2]
+    assert (
+        RatingDataset(frame, build_eval_transform(PRE), use_cache=False).paths[2] == frame["source_path"][2]
+    )
     assert dataset[0][0].shape == (3, 32, 32)
 
 
@@ -65,7 +67,7 @@ def test_a_missing_image_fails_loudly_with_its_name(prepared, tmp_path):
     gone = tmp_path / "gone.jpg"
     frame.loc[0, "cache_path"] = str(gone)
     dataset = RatingDataset(frame, build_eval_transform(PRE))
-    with pytest.raises(ImageLoadError, match="gone.jpg: file not found"):
+    with pytest.raises(ImageLoadError, match=r"gone\.jpg: file not found"):
         dataset[0]
 
 
@@ -125,7 +127,9 @@ def test_batches_do_not_depend_on_worker_processes(prepared):
     def batches(workers):
         sampler = EpochSampler(len(dataset), seed=5, batch_size=8)
         sampler.set_epoch(2)
-        loader = DataLoader(dataset, batch_size=8, sampler=sampler, num_workers=workers, worker_init_fn=seed_worker)
+        loader = DataLoader(
+            dataset, batch_size=8, sampler=sampler, num_workers=workers, worker_init_fn=seed_worker
+        )
         return [images for images, _ in loader]
 
     in_process, with_workers = batches(0), batches(2)

@@ -128,7 +128,8 @@ class TrainConfig:
         device: ``auto`` (CUDA if present, per local rank), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         amp: mixed precision: ``auto`` (bf16 on CUDA if supported, else fp16; off elsewhere),
             ``bf16``, ``fp16`` or ``off``.
-        channels_last: NHWC memory format for model and inputs (faster convolutions on GPUs).
+        channels_last: NHWC memory format for model and inputs (faster convolutions on GPUs, and
+            in our CPU measurements too; see benchmarks/train_throughput.py).
         feature_cache: phase 1 trains the head on backbone features computed once per image with
             the evaluation transform (no random crops or flips), instead of running the backbone.
         deterministic: ask torch for deterministic algorithms (slower on GPU).

@@ -262,7 +262,9 @@ def build_optimizer(config: TrainConfig, model: nn.Module, phase: int) -> torch.
     """
     nima = _unwrap(model)
     settings = config.phase1 if phase == 1 else config.phase2
-    groups: List[Dict[str, Any]] = [{"params": list(nima.head.parameters()), "lr": settings.lr, "name": "head"}]
+    groups: List[Dict[str, Any]] = [
+        {"params": list(nima.head.parameters()), "lr": settings.lr, "name": "head"}
+    ]
     if phase == 2:
         groups.append(
             {
@@ -273,7 +275,9 @@ def build_optimizer(config: TrainConfig, model: nn.Module, phase: int) -> torch.
         )
     opt = config.optimizer
     cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=settings.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, weight_decay=opt.weight_decay)
+    return cls(
+        groups, lr=settings.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, weight_decay=opt.weight_decay
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, decay: float) -> torch.optim.lr_scheduler.LambdaLR:
@@ -395,7 +399,13 @@ def evaluate(
     process returns the metrics of the whole split.
     """
     predicted, truth = predict(
-        _unwrap(model), loader, device, amp_dtype=amp_dtype, channels_last=channels_last, progress=progress, desc=desc
+        _unwrap(model),
+        loader,
+        device,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        progress=progress,
+        desc=desc,
     )
     if distributed:
         gathered: List[Any] = [None] * dist.get_world_size()
@@ -441,14 +451,20 @@ class FeatureCache:
         if not missing:
             return 0
         loader = DataLoader(
-            self.dataset, batch_size=batch_size, sampler=missing, num_workers=num_workers, worker_init_fn=seed_worker
+            self.dataset,
+            batch_size=batch_size,
+            sampler=missing,
+            num_workers=num_workers,
+            worker_init_fn=seed_worker,
         )
         backbone = _unwrap(model).backbone
         backbone.eval()
         rows = torch.as_tensor(missing)
         offset = 0
         with torch.inference_mode():
-            for images, _ in tqdm(loader, desc="features", disable=not progress, leave=False, dynamic_ncols=True):
+            for images, _ in tqdm(
+                loader, desc="features", disable=not progress, leave=False, dynamic_ncols=True
+            ):
                 images = images.to(device, non_blocking=True)
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
@@ -671,6 +687,7 @@ def _fit(
     seed_everything(config.seed)
     device = resolve_device(config.device, info)
     amp_dtype = autocast_dtype(config.amp, device)
+    channels_last = config.channels_last
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic
     progress = config.progress and info.is_main
@@ -693,7 +710,7 @@ def _fit(
         model.load_state_dict(payload["model"])
         provenance = payload.get("provenance", provenance)
     model.to(device)
-    if config.channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     pre = model.preprocessing
 
@@ -728,7 +745,10 @@ def _fit(
     cache = None
     if config.feature_cache and config.phase1.epochs > 0:
         cache_set = RatingDataset(
-            train_frame, build_eval_transform(pre), use_cache=config.data.use_cache, draft_size=pre.draft_size()
+            train_frame,
+            build_eval_transform(pre),
+            use_cache=config.data.use_cache,
+            draft_size=pre.draft_size(),
         )
         cache = FeatureCache(cache_set, model.num_features)
 
@@ -747,6 +767,8 @@ def _fit(
 
     if info.is_main:
         checkpoints.mkdir(parents=True, exist_ok=True)
+        for stale in checkpoints.glob("*.tmp"):  # left by a run killed while saving
+            stale.unlink()
         save_config(config, out_dir / "config.yaml")
         if history:
             write_history(history, out_dir / "history.csv")
@@ -788,7 +810,9 @@ def _fit(
         started = time.perf_counter()
         seed_everything(epoch_seed(config.seed, epoch, info.rank))
         subset_seed = [config.seed, epoch if config.data.resample_each_epoch else 0]
-        subset = undersample(train_set.means, config.data.undersample_per_bin, config.data.bins, seed=subset_seed)
+        subset = undersample(
+            train_set.means, config.data.undersample_per_bin, config.data.bins, seed=subset_seed
+        )
         sampler.set_epoch(epoch, subset)
         desc = f"epoch {epoch}/{total} phase {phase}"
         if phase == 1 and cache is not None:
@@ -800,7 +824,7 @@ def _fit(
                 batch_size=config.eval_batch_size or config.batch_size,
                 num_workers=workers,
                 amp_dtype=amp_dtype,
-                channels_last=config.channels_last,
+                channels_last=channels_last,
                 progress=progress,
             )
             stats = train_head_one_epoch(
@@ -828,17 +852,22 @@ def _fit(
                 scheduler=scheduler,
                 scaler=scaler,
                 amp_dtype=amp_dtype,
-                channels_last=config.channels_last,
+                channels_last=channels_last,
                 distributed=info.distributed,
                 progress=progress,
                 desc=desc,
             )
+        if info.distributed:
+            # DDP syncs buffers at the start of each forward, so after the last step every rank
+            # holds its own BatchNorm statistics; validate (and save) rank 0's everywhere.
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
         val = evaluate(
             model,
             val_loader,
             device,
             amp_dtype=amp_dtype,
-            channels_last=config.channels_last,
+            channels_last=channels_last,
             distributed=info.distributed,
             progress=progress,
             desc=desc + " val",
@@ -907,7 +936,7 @@ def _fit(
         "last_checkpoint": str(last_path),
     }
     if info.is_main:
-        if history:
+        if history and not (out_dir / "training.png").is_file():
             plot_history(history, out_dir / "training.png")
         _write_json(summary, out_dir / "summary.json")
         log.debug("rank %d wrote summary.json", info.rank)

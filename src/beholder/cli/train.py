@@ -28,27 +28,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", required=True, type=Path, help="prepared directory (manifest.parquet)")
-    parser.add_argument("--out", required=True, type=Path, help="run directory to write")
+    parser.add_argument("--data", type=Path, help="prepared directory (manifest.parquet); required")
+    parser.add_argument("--out", type=Path, help="run directory to write; required")
     parser.add_argument(
         "--config",
         default=None,
         help="recipe name (nima_mobilenet, nima_mobilenet_full) or YAML path "
         "[default: nima_mobilenet; with --resume: the run's config.yaml]",
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
-    parser.add_argument("--list-keys", action="store_true", help="print every config key with its default and exit")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. phase2.lr=1e-4")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt"
+    )
+    parser.add_argument(
+        "--list-keys", action="store_true", help="print every config key with its default and exit"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. phase2.lr=1e-4"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from beholder.config import DEFAULT_RECIPE, TrainConfig, config_from_dict, load_config, read_yaml, to_flat_dict
+    from beholder.config import (
+        DEFAULT_RECIPE,
+        TrainConfig,
+        config_from_dict,
+        load_config,
+        read_yaml,
+        to_flat_dict,
+    )
 
     if args.list_keys:
         for key, value in to_flat_dict(TrainConfig()).items():
             print(f"{key}={value}")
         return 0
+    if args.data is None or args.out is None:
+        raise ConfigError("--data PREPARED_DIR and --out RUN_DIR are required")
     base = None
     source = args.config
     if args.resume and source is None:
@@ -73,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
             f"done: best epoch {summary['best_epoch']} val EMD {summary['best_val_emd']:.4f} "
             f"SRCC {summary['best_val_srcc']:.3f}; {summary['images_seen']} images in {summary['total_seconds']:.0f} s"
         )
-    print(f"run directory: {args.out}  (score with: beholder score --checkpoint {summary['best_checkpoint']} IMAGES)")
+    print(
+        f"run directory: {args.out}  (score with: beholder score --checkpoint {summary['best_checkpoint']} IMAGES)"
+    )
     return 0
 
 

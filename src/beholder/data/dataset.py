@@ -105,7 +105,9 @@ class RatingDataset(Dataset):
     ):
         frame = frame.reset_index(drop=True)
         cache = frame["cache_path"] if use_cache and "cache_path" in frame.columns else [None] * len(frame)
-        self.paths: List[str] = [str(c) if _present(c) else str(s) for c, s in zip(cache, frame["source_path"])]
+        self.paths: List[str] = [
+            str(c) if _present(c) else str(s) for c, s in zip(cache, frame["source_path"])
+        ]
         self.image_ids = frame["image_id"].to_numpy()
         self.targets = vote_distributions(frame)  # (N, 10)
         self.means = frame["mean"].to_numpy(dtype=np.float64)  # (N,)
@@ -196,7 +198,9 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int, indices: Optional[Sequence[int]] = None) -> None:
         """Select the epoch (and its subset of dataset indices; default: all)."""
         self.epoch = epoch
-        self.indices = np.arange(self.dataset_size) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.indices = (
+            np.arange(self.dataset_size) if indices is None else np.asarray(indices, dtype=np.int64)
+        )
 
     def _positions(self) -> List[int]:
         inner = DistributedSampler(
