@@ -29,7 +29,7 @@ from beholder.inference import Scorer
 from beholder.models import build_nima, get_model_spec
 from beholder.models.registry import DEFAULT_MODEL
 from beholder.preprocessing import build_eval_transform
-from beholder.runtimes import available_runtimes
+from beholder.runtimes import available_runtimes, create_runtime
 
 
 def make_jpegs(directory: Path, count: int, seed: int = 0) -> List[str]:
@@ -88,9 +88,10 @@ def main(argv=None) -> None:
             f"{torch.get_num_threads()} threads, best of {args.repeats}"
         )
         rows = [("baseline: eager fp32, PIL, 1 process", lambda: baseline(model, paths, args.batch_size))]
-        for runtime in args.runtimes or available_runtimes():
+        for runtime in args.runtimes or [*available_runtimes(), "auto"]:
             scorer = Scorer(model, runtime=runtime, batch_size=args.batch_size)
-            rows.append((f"beholder Scorer, runtime={runtime}", lambda s=scorer: s.score(paths)))
+            label = runtime if runtime != "auto" else f"auto (-> {scorer.runtime.name})"
+            rows.append((f"beholder Scorer, runtime={label}", lambda s=scorer: s.score(paths)))
         draft_scorer = Scorer(bilinear_model, batch_size=args.batch_size)
         rows.append(
             ("beholder Scorer, torch, bilinear model (JPEG draft)", lambda: draft_scorer.score(paths))
@@ -104,6 +105,41 @@ def main(argv=None) -> None:
             rate = args.images / seconds
             reference = reference or rate
             print(f"{name:<55} {rate:8.1f} {rate / reference:6.2f}x")
+
+        model_only(model, draft_scorer.preprocess(paths[0]), args)
+
+
+def model_only(model: torch.nn.Module, image: torch.Tensor, args) -> None:
+    """The model alone on a preprocessed batch: each runtime against eager fp32 (unfused, NCHW).
+
+    Runs are interleaved (one call of each, repeated), so that load from other processes on a
+    shared machine hits every row alike; prints the best and the median.
+    """
+    batch = image.expand(args.batch_size, *image.shape).contiguous()  # (B, 3, H, W)
+
+    def eager(x):
+        with torch.no_grad():
+            return torch.softmax(model(x), dim=-1)
+
+    calls = {"eager fp32 (no fusion, NCHW, no_grad)": eager}
+    for runtime in args.runtimes or available_runtimes():
+        calls[f"runtime={runtime}"] = create_runtime(runtime, model)
+    times = {name: [] for name in calls}
+    for call in calls.values():
+        call(batch)  # warm-up
+    for _ in range(max(5, 3 * args.repeats)):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(batch)
+            times[name].append(time.perf_counter() - start)
+    print(
+        f"\nmodel only: preprocessed batch of {args.batch_size}, no decoding (best, median of {len(times[name])})"
+    )
+    print(f"{'configuration':<55} {'img/s':>8} {'ratio':>7} {'median':>8}")
+    reference = args.batch_size / min(next(iter(times.values())))
+    for name, seconds in times.items():
+        best, median = args.batch_size / min(seconds), args.batch_size / float(np.median(seconds))
+        print(f"{name:<55} {best:8.1f} {best / reference:6.2f}x {median:8.1f}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,12 @@ def test_metadata_round_trip(exported):
     assert meta["model"] == str(checkpoint)
     assert meta["provenance"]["trained_by"] == "test"
     assert len(meta["provenance"]["checkpoint_sha256"]) == 64
-    assert meta["input"] == {"name": "images", "shape": ["batch", 3, 128, 128], "dtype": "float32", "layout": "NCHW"}
+    assert meta["input"] == {
+        "name": "images",
+        "shape": ["batch", 3, 128, 128],
+        "dtype": "float32",
+        "layout": "NCHW",
+    }
     assert meta["scores"] == list(range(1, 11))
     assert meta["opset"] == 18
     # Stored as plain ONNX metadata_props, readable by any ONNX tool without Beholder.
@@ -112,7 +117,9 @@ def test_logits_output_is_recorded_and_softmaxed_by_the_runtime(tmp_path):
     batch = torch.randn(2, 3, 128, 128)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        np.testing.assert_allclose(session.run(None, {"images": batch.numpy()})[0], model(batch).numpy(), atol=1e-4)
+        np.testing.assert_allclose(
+            session.run(None, {"images": batch.numpy()})[0], model(batch).numpy(), atol=1e-4
+        )
     runtime = OnnxRuntime.from_file(path)
     np.testing.assert_allclose(runtime(batch), reference_probabilities(model, batch), atol=1e-5)
 
@@ -124,7 +131,9 @@ def test_fingerprint_changes_with_weights_and_preprocessing():
     with torch.no_grad():
         model.head[1].bias[0] += 1e-3
     assert model_fingerprint(model) != base
-    other = build_nima(Architecture(alpha=0.25), preprocessing=get_model_spec("nima-mobilenet-idealo").preprocessing)
+    other = build_nima(
+        Architecture(alpha=0.25), preprocessing=get_model_spec("nima-mobilenet-idealo").preprocessing
+    )
     other.load_state_dict(small_model().state_dict())
     assert model_fingerprint(other) != base
 
@@ -156,7 +165,9 @@ def test_load_metadata_refuses_foreign_and_broken_files(tmp_path):
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
-    assert main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert (
+        main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")]) == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["export", "--format", "tflite", "--out", str(tmp_path / "x.tflite")]) == 2
     assert not (tmp_path / "x.onnx").exists()

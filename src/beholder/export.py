@@ -191,6 +191,9 @@ def export_onnx(
     os.close(handle)
     try:
         onnx.save_model(proto, temporary)
+        umask = os.umask(0)  # mkstemp creates 0600; give the file the usual permissions instead
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         if check:
             onnx.checker.check_model(temporary, full_check=True)
         os.replace(temporary, path)

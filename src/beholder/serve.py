@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -141,7 +141,6 @@ class _Job:
 class BatcherStats:
     calls: int = 0
     images: int = 0
-    batch_sizes: List[int] = field(default_factory=list)
 
 
 class MicroBatcher:
@@ -158,7 +157,7 @@ class MicroBatcher:
             raise ConfigError(f"max batch must be at least 1, got {max_batch}")
         self.predict, self.max_batch, self.window_s = predict, max_batch, max(0.0, window_s)
         self.stats = BatcherStats()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="beholder-model")
+        self._executor: Optional[ThreadPoolExecutor] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._queue: Optional[asyncio.Queue] = None
         self._task: Optional[asyncio.Task] = None
@@ -169,6 +168,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._task is None or self._task.done():
             self._loop, self._queue, self._carry = loop, asyncio.Queue(), None
+            if self._executor is None:  # created here so that an app survives close() and restarts
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="beholder-model")
             self._task = loop.create_task(self._run(), name="beholder-micro-batcher")
         assert self._queue is not None
         return self._queue
@@ -215,16 +216,13 @@ class MicroBatcher:
             batch = torch.cat([job.batch for job in jobs]) if len(jobs) > 1 else jobs[0].batch
             try:
                 probabilities = await loop.run_in_executor(self._executor, self.predict, batch)
-            except Exception as exc:  # a runtime failure fails these requests, not the service
-                log.exception("model call failed for a batch of %d", len(batch))
+            except Exception as exc:  # fails these requests (they log it), not the service
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
             self.stats.calls += 1
             self.stats.images += len(batch)
-            self.stats.batch_sizes.append(len(batch))
-            del self.stats.batch_sizes[:-1000]
             start = 0
             for job in jobs:
                 end = start + len(job.batch)
@@ -238,7 +236,9 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
-        self._executor.shutdown(wait=False)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 @dataclass
@@ -271,7 +271,7 @@ class ScoringService:
     def __init__(self, scorer: Scorer, config: ServiceConfig):
         self.scorer, self.config = scorer, config
         self.runtime_name = getattr(scorer.runtime, "name", scorer.runtime_name)
-        self.decode_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="beholder-decode")
+        self._decode_pool: Optional[ThreadPoolExecutor] = None
         self.batcher = MicroBatcher(
             scorer.predict, max_batch=config.max_batch, window_s=config.batch_window_ms / 1000
         )
@@ -285,8 +285,10 @@ class ScoringService:
 
     async def score(self, uploads: List[Tuple[str, bytes]]) -> List[ScoreResult]:
         loop = asyncio.get_running_loop()
+        if self._decode_pool is None:
+            self._decode_pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="beholder-decode")
         futures = [
-            loop.run_in_executor(self.decode_pool, self._prepare, data, name) for name, data in uploads
+            loop.run_in_executor(self._decode_pool, self._prepare, data, name) for name, data in uploads
         ]
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         results, tensors = [], []
@@ -336,7 +338,9 @@ class ScoringService:
 
     async def close(self) -> None:
         await self.batcher.close()
-        self.decode_pool.shutdown(wait=False)
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False)
+            self._decode_pool = None
 
 
 class ScoreItem(BaseModel):
@@ -528,6 +532,11 @@ def create_app(
             raise ApiError(
                 504, "timeout", f"scoring did not complete within {config.request_timeout_s:g} s"
             ) from None
+        except (ApiError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a runtime failure: answer JSON naming it, keep serving
+            log.exception("scoring failed")
+            raise ApiError(500, "internal_error", f"scoring failed: {type(exc).__name__}: {exc}") from exc
         if all(not r.ok for r in results):
             raise _failure(results)
         if rank:

@@ -20,7 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_model_arguments(parser)
-    parser.set_defaults(runtime="auto")
+    for action in parser._actions:  # a service wants the fastest engine: default auto, not torch
+        if action.dest == "runtime":
+            action.default = "auto"
+            action.help = (
+                "inference runtime: auto (default here: the fastest installed), torch, onnx or openvino"
+            )
     parser.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)"
     )
