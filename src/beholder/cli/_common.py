@@ -28,8 +28,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, runtime: bool = False) 
 
 def scorer_from_args(args: argparse.Namespace, **kwargs: Any):
     """Build the :class:`~beholder.inference.Scorer` the model arguments ask for."""
-    from beholder.errors import ConfigError
     from beholder.defaults import DEFAULT_MODEL
+    from beholder.errors import ConfigError
     from beholder.inference import Scorer
 
     options = {"device": args.device, "runtime": args.runtime, **kwargs}
