@@ -195,12 +195,16 @@ class Scorer:
                 log.debug("preprocessing failed for %s", label, exc_info=True)
                 results.append(ScoreResult(path=label, error=f"{type(exc).__name__}: {exc}"))
         if tensors:
-            probabilities = self.predict(torch.stack(tensors))  # (B, 10)
-            means, stds = distribution_mean(probabilities), distribution_std(probabilities)
-            ok = iter(range(len(tensors)))
-            for result in results:
-                if result.error is None:
-                    i = next(ok)
-                    result.mean, result.std = float(means[i]), float(stds[i])
-                    result.distribution = [float(v) for v in probabilities[i]]
+            fill_scores(results, self.predict(torch.stack(tensors)))
         yield from results
+
+
+def fill_scores(results: Sequence[ScoreResult], probabilities: np.ndarray) -> None:
+    """Give the results without an error, in order, their row of (n, 10) ``probabilities``."""
+    means, stds = distribution_mean(probabilities), distribution_std(probabilities)
+    rows = iter(range(len(probabilities)))
+    for result in results:
+        if result.error is None:
+            i = next(rows)
+            result.mean, result.std = float(means[i]), float(stds[i])
+            result.distribution = [float(v) for v in probabilities[i]]

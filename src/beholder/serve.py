@@ -49,8 +49,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from beholder import __version__
 from beholder.errors import ConfigError, ImageLoadError
 from beholder.imageio import open_image
-from beholder.inference import Scorer, ScoreResult
-from beholder.metrics import distribution_mean, distribution_std
+from beholder.inference import Scorer, ScoreResult, fill_scores
 
 log = logging.getLogger(__name__)
 
@@ -304,14 +303,7 @@ class ScoringService:
                 results.append(ScoreResult(path=name))
                 tensors.append(outcome)
         if tensors:
-            probabilities = await self.batcher.submit(torch.stack(tensors))  # (n, 10)
-            means, stds = distribution_mean(probabilities), distribution_std(probabilities)
-            index = iter(range(len(tensors)))
-            for result in results:
-                if result.error is None:
-                    i = next(index)
-                    result.mean, result.std = float(means[i]), float(stds[i])
-                    result.distribution = [float(v) for v in probabilities[i]]
+            fill_scores(results, await self.batcher.submit(torch.stack(tensors)))  # (n, 10)
         return results
 
     def describe_model(self) -> Dict[str, Any]:
