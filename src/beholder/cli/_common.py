@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Optional
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, runtime: bool = False) -> None:
-    """``--model NAME | --checkpoint FILE`` plus ``--weights FILE`` and ``--device``."""
+def add_model_arguments(parser: argparse.ArgumentParser, runtime: Optional[str] = "torch") -> None:
+    """``--model NAME | --checkpoint FILE``, ``--weights FILE``, ``--device`` and ``--runtime``.
+
+    ``runtime`` is the default runtime, or None for commands that never run the model (export).
+    """
     from beholder.defaults import DEFAULT_MODEL
 
     group = parser.add_mutually_exclusive_group()
@@ -19,11 +22,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, runtime: bool = False) 
     parser.add_argument(
         "--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)"
     )
-    parser.add_argument(
-        "--runtime",
-        default="torch",
-        help="inference runtime: torch (default), onnx, openvino or auto (fastest installed)",
-    )
+    if runtime is not None:
+        parser.add_argument(
+            "--runtime",
+            default=runtime,
+            help=f"inference runtime: torch, onnx, openvino or auto (the fastest installed); default {runtime}",
+        )
 
 
 def scorer_from_args(args: argparse.Namespace, **kwargs: Any):
@@ -32,7 +36,7 @@ def scorer_from_args(args: argparse.Namespace, **kwargs: Any):
     from beholder.errors import ConfigError
     from beholder.inference import Scorer
 
-    options = {"device": args.device, "runtime": args.runtime, **kwargs}
+    options = {"device": args.device, "runtime": getattr(args, "runtime", "torch"), **kwargs}
     if args.checkpoint:
         if args.weights:
             raise ConfigError("--weights applies to --model, not to --checkpoint")

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "over 1..10 (or logits). Verified with onnx.checker."
         ),
     )
-    add_model_arguments(parser)
+    add_model_arguments(parser, runtime=None)
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format (onnx)")
     parser.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. nima.onnx")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")

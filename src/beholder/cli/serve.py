@@ -19,13 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(OpenAPI docs at /docs). The runtime defaults to auto (the fastest installed) here."
         ),
     )
-    add_model_arguments(parser)
-    for action in parser._actions:  # a service wants the fastest engine: default auto, not torch
-        if action.dest == "runtime":
-            action.default = "auto"
-            action.help = (
-                "inference runtime: auto (default here: the fastest installed), torch, onnx or openvino"
-            )
+    add_model_arguments(parser, runtime="auto")  # a service wants the fastest engine installed
     parser.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)"
     )
