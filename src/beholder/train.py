@@ -343,6 +343,13 @@ def train_one_epoch(
         count += batch
         bar.set_postfix(loss=f"{total_loss / count:.4f}", refresh=False)
     bar.close()
+    return _epoch_stats(total_loss, count, start, lr, distributed, device)
+
+
+def _epoch_stats(
+    total_loss: float, count: int, start: float, lr: float, distributed: bool, device: torch.device
+) -> Dict[str, float]:
+    """Loss summed over all ranks, throughput and last learning rate of one training epoch."""
     if distributed:
         total_loss, count = _all_reduce_sum([total_loss, count], device)
     seconds = time.perf_counter() - start
@@ -520,16 +527,7 @@ def train_head_one_epoch(
         count += len(rows)
         bar.set_postfix(loss=f"{total_loss / count:.4f}", refresh=False)
     bar.close()
-    if distributed:
-        total_loss, count = _all_reduce_sum([total_loss, count], device)
-    seconds = time.perf_counter() - start
-    return {
-        "loss": total_loss / max(count, 1),
-        "images": int(count),
-        "seconds": seconds,
-        "images_per_second": count / seconds if seconds > 0 else math.nan,
-        "lr": lr,
-    }
+    return _epoch_stats(total_loss, count, start, lr, distributed, device)
 
 
 # ---------------------------------------------------------------------------------------------
