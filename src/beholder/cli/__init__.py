@@ -20,11 +20,11 @@ from beholder.errors import ConfigError
 COMMAND_MODULES = [
     "beholder.cli.score",
     "beholder.cli.models",
-    "beholder.cli.serve",
-    "beholder.cli.export",
-    "beholder.cli.evaluate",
     "beholder.cli.ava",
     "beholder.cli.train",
+    "beholder.cli.evaluate",
+    "beholder.cli.export",
+    "beholder.cli.serve",
 ]
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
