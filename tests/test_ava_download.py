@@ -330,6 +330,11 @@ def test_usage_errors(tmp_path):
         download(ava_txt, tmp_path / "images", url_template="http://x.org/image.jpg")
     with pytest.raises(ConfigError, match="http"):
         download(ava_txt, tmp_path / "images", url_template="file:///tmp/{id}.jpg")
+    # A negative --abort-after used to stop the run after its very first outcome.
+    with pytest.raises(ConfigError, match="abort_after"):
+        download(ava_txt, tmp_path / "images", url_template="http://x.org/{id}.jpg", abort_after=-1)
+    with pytest.raises(ConfigError, match="backoff"):
+        download(ava_txt, tmp_path / "images", url_template="http://x.org/{id}.jpg", backoff=-1.0)
 
 
 def _wait_for(condition, seconds: float = 20.0) -> None:

@@ -98,6 +98,35 @@ def test_malformed_rows_are_rejected_with_reasons_and_never_crash(tmp_path):
     assert "line 13" in duplicate and "line 1 " in duplicate
 
 
+def test_out_of_range_integers_are_rejected_not_a_crash(tmp_path):
+    good = [5, 10, 20, 30, 40, 30, 20, 10, 5, 1]
+    huge = "99999999999999999999"  # beyond int64: used to raise OverflowError building the table
+    lines = [
+        ava_line(1, 1, good),
+        ava_line(2, 2, good).replace(" 10 ", f" {huge} ", 1),
+        ava_line(3, 3, good).replace(" 3 ", f" {huge} ", 1),  # the id itself
+        f"4 {huge} 1 2",  # bad_column_count with an unreadable id
+    ]
+    path = tmp_path / "AVA.txt"
+    path.write_text("\n".join(lines) + "\n")
+    labels, rejected = parse_ava_txt(path)
+    assert labels["image_id"].tolist() == [1]
+    assert rejected["reason"].tolist() == ["non_integer_field", "non_integer_field", "bad_column_count"]
+    assert rejected["image_id"].tolist()[0] == 2 and rejected["image_id"].isna().tolist() == [
+        False,
+        True,
+        True,
+    ]
+
+
+def test_find_images_is_deterministic_for_equivalent_names(tmp_path):
+    from beholder.data.ava import find_images
+
+    for name in ("07.jpg", "7.jpg", "007.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    assert find_images(tmp_path)[7].name == "7.jpg"
+
+
 def test_empty_and_missing_files(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")

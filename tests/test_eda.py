@@ -193,6 +193,17 @@ def test_python_api_and_errors(prepared, tmp_path):
     assert ava_main(["ava", "eda", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
 
 
+def test_single_image_report(tmp_path, capsys):
+    # One image: the std of the mean rating is undefined (None); the CLI line used to crash on it.
+    write_image(tmp_path / "images" / "1.jpg", 80, 80, seed=1)
+    (tmp_path / "AVA.txt").write_text(ava_line(1, 1, [1, 2, 5, 10, 20, 15, 8, 4, 2, 1]) + "\n")
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", tmp_path / "prepared", image_size=16, progress=False)
+    out = tmp_path / "report"
+    assert ava_main(["ava", "eda", "--data", str(tmp_path / "prepared"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("eda: 1 images")
+    assert json.loads((out / "summary.json").read_text())["mean_rating"]["std"] is None
+
+
 def test_eda_does_not_import_torch():
     code = "import sys, beholder.eda, beholder.data.ava; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

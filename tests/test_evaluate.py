@@ -428,6 +428,13 @@ def test_user_labels_with_mean_only(tmp_path, tiny_checkpoint, capsys):
     assert "only mean scores" in (out / "report.md").read_text()
 
 
+def test_id_order_is_total_and_never_crashes():
+    # "²".isdigit() is True but int("²") raises; "9" and "09" used to tie (order left to the input).
+    ids = ["b", "10", "\u00b2", "9", "09"]
+    assert sorted(ids, key=ev._id_key) == ["09", "9", "10", "b", "\u00b2"]
+    assert sorted(reversed(ids), key=ev._id_key) == sorted(ids, key=ev._id_key)
+
+
 def test_user_labels_with_vote_counts_and_paths(tmp_path):
     _photos(tmp_path / "photos", ["x.jpg", "y.jpg"])
     header = "path," + ",".join(f"votes_{i}" for i in range(1, 11))

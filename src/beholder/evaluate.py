@@ -147,9 +147,10 @@ def _id_text(value: Any) -> str:
     return str(value).strip()
 
 
-def _id_key(text: str) -> tuple[int, Any]:
-    # Numeric ids (AVA's) sort as numbers; others after them, as text.
-    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+def _id_key(text: str) -> tuple[int, int, str]:
+    # Numeric ids (AVA's) sort as numbers; others after them, as text. isdecimal, not isdigit:
+    # int() rejects digits such as "²". The text breaks ties ("7" and "07") so the order is total.
+    return (0, int(text), text) if text.isdecimal() else (1, 0, text)
 
 
 def read_manifest(prepared_dir: Union[str, Path]) -> pd.DataFrame:
@@ -333,7 +334,8 @@ def _finish_labels(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             raise ConfigError(
                 f"{source}: mean score of {frame['image_id'][out_of_range].iloc[0]!r} is outside 1..10"
             )
-    order = sorted(range(len(frame)), key=lambda i: _id_key(frame["image_id"].iloc[i]))
+    ids = frame["image_id"].tolist()
+    order = sorted(range(len(ids)), key=lambda i: _id_key(ids[i]))
     return frame.iloc[order].reset_index(drop=True)
 
 

@@ -194,9 +194,10 @@ def run_eda(args: argparse.Namespace) -> int:
     )
     rating = summary["mean_rating"]
     votes = summary["n_votes"]
+    spread = "" if rating["std"] is None else f" ± {rating['std']:.2f}"  # None for a single image
     print(
         f"eda: {summary['n_images']} images; {votes['min']:.0f} to {votes['max']:.0f} votes per image "
-        f"(mean {votes['mean']:.0f}); mean rating {rating['mean']:.2f} ± {rating['std']:.2f} "
+        f"(mean {votes['mean']:.0f}); mean rating {rating['mean']:.2f}{spread} "
         f"-> {os.path.join(args.out, REPORT_FILE)}"
     )
     return EXIT_OK

@@ -90,6 +90,7 @@ RESAMPLE_FILTERS = {
 }
 
 _N_COLUMNS = 15
+_MAX_FIELD = 2**31 - 1  # largest absolute value accepted in an AVA.txt column
 _EXIF_ORIENTATION = 0x0112
 _STATE_COLUMNS = [
     "image_id",
@@ -144,12 +145,23 @@ def _mean_std(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(var)
 
 
-def _first_int(fields: Sequence[str], index: int) -> Optional[int]:
-    try:
-        token = fields[index]
-        return int(token) if token.isascii() and "_" not in token else None
-    except (IndexError, ValueError):
+def _parse_int(token: str) -> Optional[int]:
+    """A plain ASCII integer that fits the manifest's int64 columns, else None.
+
+    ``int()`` alone also accepts ``"1_000"`` and non-ASCII digits; AVA.txt is plain ASCII digits.
+    """
+    if not token.isascii() or "_" in token:
         return None
+    try:
+        value = int(token)
+    except ValueError:
+        return None
+    # Far above any AVA value; bounded so that ten vote counts still sum within int64.
+    return value if abs(value) <= _MAX_FIELD else None
+
+
+def _first_int(fields: Sequence[str], index: int) -> Optional[int]:
+    return _parse_int(fields[index]) if index < len(fields) else None
 
 
 def _read_ava_rows(path: PathLike) -> tuple[list[list[int]], list[tuple[Optional[int], str, str]]]:
@@ -177,20 +189,18 @@ def _read_ava_rows(path: PathLike) -> tuple[list[list[int]], list[tuple[Optional
                 continue
             values: list[int] = []
             for position, token in enumerate(fields, 1):
-                # int() also accepts "1_000" and non-ASCII digits; AVA.txt is plain ASCII digits.
-                try:
-                    if not token.isascii() or "_" in token:
-                        raise ValueError(token)
-                    values.append(int(token))
-                except ValueError:
+                value = _parse_int(token)
+                if value is None:
                     rejected.append(
                         (
                             _first_int(fields, 1),
                             "non_integer_field",
-                            f"line {lineno}: column {position} is {token[:20]!r}, not an integer",
+                            f"line {lineno}: column {position} is {token[:20]!r}, not an integer "
+                            f"(or beyond +-{_MAX_FIELD})",
                         )
                     )
                     break
+                values.append(value)
             else:
                 image_id = values[1]
                 negative = [pos for pos, value in enumerate(values[1:], 2) if value < 0]
@@ -304,11 +314,12 @@ def assign_splits(
 def find_images(images_dir: PathLike) -> dict[int, Path]:
     """Map image id -> file for files named ``<id>.<image suffix>`` directly in ``images_dir``.
 
-    When an id has several files, ``.jpg`` wins, then ``.jpeg``, then the alphabetically first suffix.
+    When an id has several files, ``.jpg`` wins, then ``.jpeg``, then the alphabetically first suffix;
+    among equal suffixes ``<id>`` wins over zero-padded stems, then the first name.
     Temporary download files (``*.part``) and other names are ignored.
     """
     found: dict[int, Path] = {}
-    rank: dict[int, tuple[int, str]] = {}
+    rank: dict[int, tuple[int, str, bool, str]] = {}
     with os.scandir(images_dir) as entries:
         for entry in entries:
             stem, dot, suffix = entry.name.rpartition(".")
@@ -318,7 +329,8 @@ def find_images(images_dir: PathLike) -> dict[int, Path]:
             if not entry.is_file():
                 continue
             image_id = int(stem)
-            key = ({".jpg": 0, ".jpeg": 1}.get(suffix, 2), suffix)
+            # Ties ("7.jpg" and "07.jpg") go to the canonical name, then the name: never scandir's order.
+            key = ({".jpg": 0, ".jpeg": 1}.get(suffix, 2), suffix, stem != str(image_id), entry.name)
             if image_id not in rank or key < rank[image_id]:
                 rank[image_id] = key
                 found[image_id] = Path(entry.path)

@@ -580,7 +580,14 @@ def download(
         raise ConfigError(f"the URL template must contain {{id}}: {url_template!r}")
     if urllib.parse.urlsplit(url_template).scheme not in ("http", "https"):
         raise ConfigError(f"the URL template must be an http(s) URL: {url_template!r}")
-    for name, value, least in (("workers", workers, 1), ("per_host", per_host, 1), ("retries", retries, 0)):
+    for name, value, least in (
+        ("workers", workers, 1),
+        ("per_host", per_host, 1),
+        ("retries", retries, 0),
+        ("backoff", backoff, 0),
+        ("max_backoff", max_backoff, 0),
+        ("abort_after", abort_after, 0),  # negative would stop the run after its first outcome
+    ):
         if value < least:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
     if timeout <= 0:
