@@ -305,3 +305,34 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
     # No usable image at all is not a usage error, but not a success either.
     assert ava_main([*base, "--images", str(tmp_path / "images"), "--no-progress"]) == 1
     assert "0 images" in capsys.readouterr().out
+
+
+def test_a_failure_midway_keeps_the_finished_images_for_the_rerun(tmp_path, monkeypatch, count_decodes):
+    """A full disk (or Ctrl-C) halfway through: the rerun redoes only the images not finished."""
+    images, out = tmp_path / "images", tmp_path / "prepared"
+    lines = [ava_line(i, i, GOOD_VOTES) for i in range(1, 9)]
+    (tmp_path / "AVA.txt").write_text("\n".join(lines) + "\n")
+    for i in range(1, 9):
+        write_image(images / f"{i}.jpg", seed=i)
+    original = ava._process_image
+    done = []
+
+    def failing(job):
+        if len(done) == 5:
+            raise OSError(28, "No space left on device")
+        done.append(job.image_id)
+        return original(job)
+
+    monkeypatch.setattr(ava, "_process_image", failing)
+    with pytest.raises(OSError, match="No space left"):
+        prepare(tmp_path / "AVA.txt", images, out, val_fraction=0.0, workers=1, progress=False)
+    assert not (out / "manifest.parquet").exists()
+
+    monkeypatch.setattr(ava, "_process_image", original)
+    count_decodes.clear()
+    summary = prepare(tmp_path / "AVA.txt", images, out, val_fraction=0.0, workers=1, progress=False)
+    # The results that reached the main thread before the failure (all but the one in flight) are kept.
+    assert summary["images"]["reused"] >= 4
+    assert summary["images"]["processed"] + summary["images"]["reused"] == 8
+    assert len(count_decodes) == summary["images"]["processed"]
+    assert sorted(load_manifest(out)["image_id"]) == list(range(1, 9))

@@ -651,10 +651,12 @@ def prepare(
                     entry.update(result)
                     state[job.image_id] = entry
                     bar.update(1)
-    except KeyboardInterrupt:
-        # Keep what was done so that the rerun starts from there.
+    except BaseException as exc:
+        # Ctrl-C, a full disk, a vanished directory: keep what was done so a rerun starts from there.
         _save_state(state_path, {**old_state, **state})
-        logger.warning("interrupted: saved %d image results; rerun to continue", len(state))
+        logger.warning(
+            "stopped by %s: saved %d image results; rerun to continue", type(exc).__name__, len(state)
+        )
         raise
     finally:
         bar.close()
