@@ -83,6 +83,17 @@ def test_seeded_augmentation_is_repeatable_and_leaves_the_global_rng_alone(prepa
     assert any(not torch.equal(first, other) for other in others)  # crops/flips really vary
 
 
+def test_seeded_augmentation_leaves_accelerator_generators_alone(prepared, monkeypatch):
+    # On a GPU the head's dropout draws from the CUDA generator: loading an image must not reseed it.
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    frame = read_manifest(prepared).query("split == 'train'")
+    dataset = RatingDataset(frame, build_train_transform(PRE))
+    first = dataset[(5, 77)][0]
+    assert reseeded == []
+    assert torch.equal(first, dataset[(5, 77)][0])
+
+
 def test_undersample_caps_each_mean_bin_and_is_seeded():
     rng = np.random.default_rng(0)
     means = np.concatenate([rng.normal(5.5, 0.4, 1000), [1.5, 1.6, 9.4]])  # crowded middle, rare extremes

@@ -124,6 +124,18 @@ def test_logits_output_is_recorded_and_softmaxed_by_the_runtime(tmp_path):
     np.testing.assert_allclose(runtime(batch), reference_probabilities(model, batch), atol=1e-5)
 
 
+def test_exported_file_has_the_usual_permissions_and_no_temporary_is_left(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = export_onnx(small_model(), tmp_path / "perm.onnx")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["perm.onnx"]
+
+
 def test_fingerprint_changes_with_weights_and_preprocessing():
     model = small_model()
     base = model_fingerprint(model)

@@ -99,10 +99,41 @@ def test_export_is_cached_by_content(small, cache):
     assert len(list((cache / "onnx").glob("*.onnx"))) >= 1
 
 
+class _BatchNormReLU(torch.nn.BatchNorm2d):
+    """A BatchNorm that does more than normalise (as timm's BatchNormAct2d)."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def test_fusing_folds_plain_batchnorm_only():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Conv2d(4, 4, 3),
+        _BatchNormReLU(4),
+    ).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.bias.uniform_(-0.5, 0.5)
+    batch = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(batch)
+        assert runtimes.fuse_conv_bn(model) == 1
+        assert isinstance(model[1], torch.nn.Identity) and isinstance(model[3], _BatchNormReLU)
+        torch.testing.assert_close(model(batch), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_auto_picks_the_first_installed_in_preference_order(small, cache):
     expected = next(name for name in AUTO_PREFERENCE if name in RUNTIMES)
     assert resolve_runtime_name("auto", device="cpu") == expected
     assert resolve_runtime_name("auto", device="cuda") == "torch"  # CPU engines cannot use a GPU
+    assert resolve_runtime_name("auto", device="mps") == "torch"
+    assert resolve_runtime_name("auto", device="cuda:1") == "torch"
+    assert resolve_runtime_name("auto", device="CPU") == expected
     assert resolve_runtime_name("onnx", device="cpu") == "onnx"
     scorer = Scorer(small, runtime="auto", device="cpu")
     assert scorer.runtime.name == expected

@@ -237,6 +237,40 @@ def test_feature_cache_phase1_learns_without_touching_the_backbone(small_data, t
         assert torch.equal(value, trained.backbone.state_dict()[key]), key
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["data.num_workers=1"], ["feature_cache=true"]])
+def test_resume_is_exact_with_persistent_workers_and_the_feature_cache(
+    small_data, tmp_path, monkeypatch, extra
+):
+    # A DataLoader that draws its workers' seed from the global RNG when it is first iterated
+    # (persistent workers: once per process; the feature cache: whenever it extracts) shifts the
+    # dropout masks of the epoch a run resumes at.
+    require_weights(monkeypatch)
+    config = load_config(None, [*TINY, "batch_size=8", "phase1.epochs=2", "phase2.epochs=1", *extra])
+    fit(config, small_data, tmp_path / "straight")
+
+    def stop_after_epoch_1(row, line):
+        if row["epoch"] == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        fit(config, small_data, tmp_path / "stopped", on_epoch_end=stop_after_epoch_1)
+    fit(config, small_data, tmp_path / "stopped", resume=True)
+    expected = read_history(tmp_path / "straight" / "history.csv")
+    resumed = read_history(tmp_path / "stopped" / "history.csv")
+    for column in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(
+            [float(r[column]) for r in resumed],
+            [float(r[column]) for r in expected],
+            rtol=1e-5,
+            err_msg=column,
+        )
+
+
 def _train_command(data: Path, run: Path, *extra: str) -> List[str]:
     return [sys.executable, "-m", "beholder", "train", "--data", str(data), "--out", str(run), *extra]
 

@@ -23,7 +23,7 @@ import io
 import json
 import logging
 import os
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
@@ -187,18 +187,16 @@ def export_onnx(
     proto.producer_name, proto.producer_version = "beholder", __version__
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    # A unique name that onnx creates with the usual permissions (mkstemp would make it 0600, and
+    # reading the umask means setting it, process-wide, under other threads' feet).
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        onnx.save_model(proto, temporary)
-        umask = os.umask(0)  # mkstemp creates 0600; give the file the usual permissions instead
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        onnx.save_model(proto, os.fspath(temporary))
         if check:
-            onnx.checker.check_model(temporary, full_check=True)
+            onnx.checker.check_model(os.fspath(temporary), full_check=True)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     log.info("exported %s to %s (opset %d, output %s)", metadata["model"], path, opset, output)
     return path

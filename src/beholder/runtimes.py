@@ -46,6 +46,8 @@ def fuse_conv_bn(model: nn.Module) -> int:
 
     Inference-only (uses running statistics). On the Keras MobileNet this removes 27 BatchNorm
     passes over the activations, about 1.5x faster on CPU. Returns the number of pairs fused.
+    Only plain ``nn.BatchNorm2d`` is folded: subclasses may do more (timm's ``BatchNormAct2d``
+    applies an activation too), which replacing them with ``Identity`` would lose.
     """
     fused = 0
     for module in model.modules():
@@ -54,7 +56,7 @@ def fuse_conv_bn(model: nn.Module) -> int:
         names = [name for name, _ in module.named_children()]
         for first, second in zip(names, names[1:]):
             conv, bn = getattr(module, first), getattr(module, second)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
                 setattr(module, first, fuse_conv_bn_eval(conv, bn))
                 setattr(module, second, nn.Identity())
                 fused += 1
@@ -308,12 +310,13 @@ def available_runtimes() -> list:
 def resolve_runtime_name(name: str, device: Optional[str] = None) -> str:
     """The concrete runtime ``name`` stands for: ``auto`` becomes the fastest installed one.
 
-    On a CUDA device ``auto`` means ``torch``: the CPU engines cannot use the GPU.
+    On any device but the CPU (``cuda``, ``mps``...) ``auto`` means ``torch``: the CPU engines
+    cannot use it.
     """
     if name != "auto":
         return name
-    cuda = device.startswith("cuda") if device else torch.cuda.is_available()
-    if cuda:
+    accelerated = device.split(":")[0].lower() != "cpu" if device else torch.cuda.is_available()
+    if accelerated:
         return "torch"
     return next(candidate for candidate in AUTO_PREFERENCE if candidate in RUNTIMES)
 

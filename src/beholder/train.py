@@ -463,6 +463,7 @@ class FeatureCache:
             sampler=missing,
             num_workers=num_workers,
             worker_init_fn=seed_worker,
+            generator=torch.Generator(),  # leaves the global RNG (the head's dropout) alone
         )
         backbone = _unwrap(model).backbone
         backbone.eval()
@@ -735,10 +736,23 @@ def _fit(
         rank=info.rank,
         batch_size=config.batch_size,
     )
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, **loader_options)
+    # Each loader draws its workers' base seed from its own generator, not the global RNG: a
+    # persistent loader draws only when first iterated, so a resumed run would otherwise shift
+    # the dropout masks of the epoch it resumes at.
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(config.seed),
+        **loader_options,
+    )
     val_shard = list(range(info.rank, len(val_set), info.world_size))
     val_loader = DataLoader(
-        val_set, batch_size=config.eval_batch_size or config.batch_size, sampler=val_shard, **loader_options
+        val_set,
+        batch_size=config.eval_batch_size or config.batch_size,
+        sampler=val_shard,
+        generator=torch.Generator().manual_seed(config.seed),
+        **loader_options,
     )
     cache = None
     if config.feature_cache and config.phase1.epochs > 0:

@@ -122,8 +122,10 @@ class RatingDataset(Dataset):
         image = open_image(self.paths[index], draft_size=self.draft_size)
         if seed is None:
             return self.transform(image)
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG (dropout, shuffling) alone
-            torch.manual_seed(seed)
+        # Leave the caller's RNG (dropout, shuffling) alone: fork the CPU generator, which the
+        # transforms draw from, and seed only it (torch.manual_seed would reseed every GPU too).
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
             return self.transform(image)
 
     def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
