@@ -212,8 +212,8 @@ class MicroBatcher:
             jobs = [job for job in await self._next_jobs(queue) if not job.future.done()]
             if not jobs:  # every requester timed out or went away while waiting
                 continue
-            batch = torch.cat([job.batch for job in jobs]) if len(jobs) > 1 else jobs[0].batch
             try:
+                batch = torch.cat([job.batch for job in jobs]) if len(jobs) > 1 else jobs[0].batch
                 probabilities = await loop.run_in_executor(self._executor, self.predict, batch)
             except Exception as exc:  # fails these requests (they log it), not the service
                 for job in jobs:
