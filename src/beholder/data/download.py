@@ -284,7 +284,7 @@ class _Downloader:
                 raise _Failure(
                     "timeout", f"body not complete within {10 * self.timeout:g} s", retryable=True, url=url
                 )
-            chunk = response.read1(_CHUNK)  # returns what has arrived: stop and deadline stay checked
+            chunk = self._read_chunk(response, url)
             if not chunk:
                 break
             received += len(chunk)
@@ -299,16 +299,31 @@ class _Downloader:
             raise _Failure("incomplete_body", f"got {received} of {declared} bytes", retryable=True, url=url)
         return received
 
+    def _read_chunk(self, response: http.client.HTTPResponse, url: str) -> bytes:
+        """One ``read1`` (what has arrived, so stop and deadline stay checked), failures mapped."""
+        try:
+            return response.read1(_CHUNK)
+        except (socket.timeout, TimeoutError):
+            raise _Failure(
+                "timeout", f"body stalled for {self.timeout:g} s", retryable=True, url=url
+            ) from None
+        except http.client.IncompleteRead as exc:
+            raise _Failure(
+                "incomplete_body",
+                f"connection closed after {len(exc.partial)} bytes",
+                retryable=True,
+                url=url,
+            ) from None
+        except (http.client.HTTPException, ConnectionError) as exc:
+            raise _Failure(
+                "incomplete_body", f"{type(exc).__name__}: {exc}", retryable=True, url=url
+            ) from None
+
     def _page_image_url(self, page_url: str, image_id: int) -> str:
         buffer = _Buffer()
         with self._request(page_url, "text/html,*/*;q=0.5") as response:
             charset = response.headers.get_content_charset() or "utf-8"
-            try:
-                self._read_body(response, buffer, page_url, _MAX_PAGE_BYTES)
-            except (socket.timeout, TimeoutError):
-                raise _Failure(
-                    "timeout", f"page not complete within {self.timeout:g} s", retryable=True, url=page_url
-                ) from None
+            self._read_body(response, buffer, page_url, _MAX_PAGE_BYTES)
         image_url = find_image_url(buffer.text(charset), page_url, image_id)
         if image_url is None:
             raise _Failure(
@@ -329,23 +344,7 @@ class _Downloader:
             with os.fdopen(fd, "wb") as handle, self._request(image_url, "image/*,*/*;q=0.5") as response:
                 # Not get_content_type(): it says "text/plain" when the header is absent.
                 content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-                try:
-                    nbytes = self._read_body(response, handle, image_url, None)
-                except (socket.timeout, TimeoutError):
-                    raise _Failure(
-                        "timeout", f"body stalled for {self.timeout:g} s", retryable=True, url=image_url
-                    ) from None
-                except http.client.IncompleteRead as exc:
-                    raise _Failure(
-                        "incomplete_body",
-                        f"connection closed after {len(exc.partial)} bytes",
-                        retryable=True,
-                        url=image_url,
-                    ) from None
-                except (http.client.HTTPException, ConnectionError) as exc:
-                    raise _Failure(
-                        "incomplete_body", f"{type(exc).__name__}: {exc}", retryable=True, url=image_url
-                    ) from None
+                nbytes = self._read_body(response, handle, image_url, None)
             final = self._check_and_place(image_id, part, content_type, image_url)
             old = self.existing.get(image_id)
             if old is not None and old != final:
