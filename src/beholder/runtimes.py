@@ -142,7 +142,40 @@ def _onnx_output_kind(path: Path) -> str:
     return load_onnx_metadata(path)["output"]
 
 
-class OnnxRuntime:
+class _ExportedModelRuntime:
+    """What the engines that run the model's ONNX export share: the file, its output kind, threads.
+
+    Subclasses check their device first (cheap), then call ``super().__init__`` (may export).
+    """
+
+    name = "exported"
+
+    def __init__(
+        self,
+        model: Optional[NIMA],
+        *,
+        threads: Optional[int],
+        cache_dir: Optional[Union[str, os.PathLike]],
+        path: Optional[Union[str, os.PathLike]],
+    ):
+        if (model is None) == (path is None):
+            raise ConfigError(
+                f"runtime {self.name!r} needs a model or the path of an exported ONNX file (one of them)"
+            )
+        self.path = Path(path) if path is not None else exported_onnx(model, cache_dir)
+        self.output = _onnx_output_kind(self.path)
+        self.threads = threads or _cpu_threads()
+
+    @classmethod
+    def from_file(cls, path: Union[str, os.PathLike], device: Optional[str] = None, **kwargs):
+        """Run an ONNX file written by :func:`beholder.export.export_onnx`."""
+        return cls(None, device, path=path, **kwargs)
+
+    def _probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        return outputs if self.output == "probabilities" else _softmax(outputs)  # (B, 10)
+
+
+class OnnxRuntime(_ExportedModelRuntime):
     """ONNX Runtime (CPU, or CUDA with onnxruntime-gpu) on the model's cached ONNX export.
 
     Args:
@@ -166,8 +199,6 @@ class OnnxRuntime:
     ):
         import onnxruntime as ort
 
-        if (model is None) == (path is None):
-            raise ConfigError("OnnxRuntime needs a model or the path of an exported ONNX file (one of them)")
         self.device = (device or "cpu").lower()
         if self.device == "cpu":
             providers = ["CPUExecutionProvider"]
@@ -177,9 +208,7 @@ class OnnxRuntime:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             raise ConfigError(f"runtime 'onnx' supports devices cpu and cuda, not {device!r}")
-        self.path = Path(path) if path is not None else exported_onnx(model, cache_dir)
-        self.output = _onnx_output_kind(self.path)
-        self.threads = threads or _cpu_threads()
+        super().__init__(model, threads=threads, cache_dir=cache_dir, path=path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -189,20 +218,13 @@ class OnnxRuntime:
         self.session = ort.InferenceSession(os.fspath(self.path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 
-    @classmethod
-    def from_file(
-        cls, path: Union[str, os.PathLike], device: Optional[str] = None, **kwargs
-    ) -> "OnnxRuntime":
-        """Run an ONNX file written by :func:`beholder.export.export_onnx`."""
-        return cls(None, device, path=path, **kwargs)
-
     def __call__(self, batch: Batch) -> np.ndarray:
         # InferenceSession.run is thread-safe; no lock needed.
         (outputs,) = self.session.run(None, {self.input_name: _as_float32_numpy(batch)})
-        return outputs if self.output == "probabilities" else _softmax(outputs)  # (B, 10)
+        return self._probabilities(outputs)
 
 
-class OpenVinoRuntime:
+class OpenVinoRuntime(_ExportedModelRuntime):
     """OpenVINO (CPU plugin, fp32) on the model's cached ONNX export.
 
     Args:
@@ -226,19 +248,13 @@ class OpenVinoRuntime:
     ):
         import openvino as ov
 
-        if (model is None) == (path is None):
-            raise ConfigError(
-                "OpenVinoRuntime needs a model or the path of an exported ONNX file (one of them)"
-            )
         core = ov.Core()
         self.device = (device or "cpu").upper()
         if self.device not in core.available_devices:
             raise ConfigError(
                 f"runtime 'openvino' has no device {device!r}; OpenVINO sees: {', '.join(core.available_devices)}"
             )
-        self.path = Path(path) if path is not None else exported_onnx(model, cache_dir)
-        self.output = _onnx_output_kind(self.path)
-        self.threads = threads or _cpu_threads()
+        super().__init__(model, threads=threads, cache_dir=cache_dir, path=path)
         config = {
             # One request at a time, all threads on it: the Scorer and the service already batch.
             "PERFORMANCE_HINT": "LATENCY",
@@ -250,18 +266,11 @@ class OpenVinoRuntime:
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time
 
-    @classmethod
-    def from_file(
-        cls, path: Union[str, os.PathLike], device: Optional[str] = None, **kwargs
-    ) -> "OpenVinoRuntime":
-        """Run an ONNX file written by :func:`beholder.export.export_onnx`."""
-        return cls(None, device, path=path, **kwargs)
-
     def __call__(self, batch: Batch) -> np.ndarray:
         with self._lock:
             result = self._request.infer({0: _as_float32_numpy(batch)})
             outputs = np.array(result[0], dtype=np.float32, copy=True)  # the request reuses its buffer
-        return outputs if self.output == "probabilities" else _softmax(outputs)  # (B, 10)
+        return self._probabilities(outputs)
 
 
 #: name -> factory(model, device) for every runtime this installation supports.
