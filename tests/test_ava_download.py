@@ -121,6 +121,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         elif how == "png":
             self._send(image_bytes(96, 72, seed=image_id, fmt="PNG"), "image/png")
+        elif how.startswith("redirect:"):  # redirect:<absolute or relative URL>
+            self.send_response(302)
+            self.send_header("Location", how.split(":", 1)[1].replace("{id}", str(image_id)))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif how == "endless":  # no Content-Length, never ends: only a size cap stops it
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            self.wfile.write(body[:200])
+            chunk = b"\0" * 65536
+            try:
+                while not self.server.release.is_set():
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
         elif how == "hang":
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -139,7 +155,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         images = '<img src="/static/logo_1.png"><img src="/img/Copyrighted_123_other.jpg">'
-        if how == "ok":
+        if how.startswith("src:"):  # the page's own <img> points wherever the test says
+            images += f'<img src="{how[4:]}">'
+        elif how.startswith("og:"):
+            images = f'<meta property="og:image" content="{how[3:]}">'
+        elif how == "ok":
             images += f'<IMG SRC="/img/Copyrighted_Image_Reuse_Prohibited_{image_id}.jpg" alt="photo">'
         page = f"<html><head><title>DPChallenge</title></head><body>{images}</body></html>"
         self._send(page.encode(), "text/html; charset=utf-8")
@@ -254,6 +274,74 @@ def test_page_mode_finds_the_image_in_the_page(tmp_path, source):
     failures = pd.read_csv(out / "failures.csv").set_index("image_id")
     assert failures.loc[4, "url"].endswith("/img/Copyrighted_Image_Reuse_Prohibited_4.jpg")
     assert not any("logo" in p or "_123_" in p for p in source.requests)
+
+
+def test_page_mode_never_reads_local_files(tmp_path, source):
+    """A hostile page (or redirect) pointing at file://, ftp:// or data: fetches nothing."""
+    secret = tmp_path / "secret_7.jpg"
+    secret.write_bytes(image_bytes(96, 72, seed=7))
+    (tmp_path / "passwd").write_text("root:x:0:0")
+    source.page_behaviour.update(
+        {
+            7: f"src:file://{secret}",
+            8: f"og:file://{tmp_path / 'passwd'}",
+            9: "og:data:image/png;base64,iVBORw0KGgo=",
+            10: "src:ftp://127.0.0.1/secret_10.jpg",
+        }
+    )
+    source.behaviour[11] = f"redirect:file://{secret}"
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", [7, 8, 9, 10])
+    out = tmp_path / "images"
+    summary = download(ava_txt, out, url_template=source.base + "/page?IMAGE_ID={id}", page_mode=True, **FAST)
+    assert summary["ok"] == 0 and not _complete(out)
+    failures = _failures(out)
+    assert failures[7] == failures[10] == "unsafe_url"
+    assert failures[8] == failures[9] == "unsafe_url"
+    # A plain image URL that redirects to a local file is refused the same way.
+    out2 = tmp_path / "images2"
+    download(_ava_txt(tmp_path / "AVA2.txt", [11]), out2, url_template=source.base + "/img/{id}.jpg", **FAST)
+    assert _failures(out2) == {11: "unsafe_url"} and not _complete(out2)
+
+
+def test_redirects_are_followed_and_count_against_the_target_host(tmp_path, source):
+    target = FakeSource()
+    thread = threading.Thread(target=target.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        target.delay = 0.05  # so that concurrent requests would overlap if they were allowed
+        ids = list(range(1, 9))
+        # "localhost" and "127.0.0.1" are two hosts to the downloader, one socket to the test.
+        other = target.base.replace("127.0.0.1", "localhost")
+        source.behaviour.update({i: f"redirect:{other}/img/moved_{{id}}.jpg" for i in ids})
+        out = tmp_path / "images"
+        summary = download(
+            _ava_txt(tmp_path / "AVA.txt", ids),
+            out,
+            url_template=source.base + "/img/{id}.jpg",
+            workers=8,
+            per_host=1,
+            **FAST,
+        )
+        assert summary["ok"] == len(ids) and set(_complete(out)) == set(ids)
+        assert target.max_active == 1  # the redirect target's limit held
+        assert sum(target.requests.values()) == len(ids)
+    finally:
+        target.shutdown()
+        target.server_close()
+
+
+def test_an_endless_body_stops_at_the_size_cap(tmp_path, source):
+    source.behaviour.update({1: "endless", 2: "ok"})
+    out = tmp_path / "images"
+    summary = download(
+        _ava_txt(tmp_path / "AVA.txt", [1, 2]),
+        out,
+        url_template=source.base + "/img/{id}.jpg",
+        max_bytes=1024 * 1024,
+        **{**FAST, "timeout": 5.0},
+    )
+    assert summary["ok"] == 1 and _failures(out) == {1: "too_large"}
+    assert not list(out.glob("*.part"))
 
 
 def test_find_image_url():

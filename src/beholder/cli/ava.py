@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=20,
         help="stop after N ids in a row fail to connect (default 20; 0 never)",
     )
+    dl.add_argument(
+        "--max-mb", type=float, default=50.0, help="fail an image larger than this many MB (default 50)"
+    )
     dl.set_defaults(func=run_download)
 
     prep = commands.add_parser(
@@ -138,6 +141,7 @@ def run_download(args: argparse.Namespace) -> int:
         limit=args.limit,
         abort_after=args.abort_after,
         progress=args.progress,
+        max_bytes=int(args.max_mb * 1024 * 1024),
     )
     reasons = ", ".join(f"{k} {v}" for k, v in summary["failures_by_reason"].items())
     line = (

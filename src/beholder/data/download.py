@@ -65,6 +65,8 @@ FAILURE_REASONS = (
     "not_an_image",  # HTML (or anything else) where an image was expected
     "corrupt_image",  # complete body that does not decode
     "no_image_in_page",  # page mode: no <img> for this id in the page
+    "too_large",  # the body is over the size cap (max_bytes)
+    "unsafe_url",  # not an http(s) URL (a page's <img>, a redirect): never fetched
     "write_error",  # the output directory is not writable (disk full, permissions)
     "unexpected_error",  # a bug in beholder: please report it (the log has the traceback)
 )
@@ -74,6 +76,13 @@ FAILURES_FILE = "failures.csv"
 
 _CHUNK = 64 * 1024
 _MAX_PAGE_BYTES = 4 * 1024 * 1024
+#: Default cap on one image body: far above any real photo, far below what fills a disk.
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+#: The only schemes ever fetched: for templates, page images and redirects alike. urllib's default
+#: opener also speaks file://, ftp:// and data:, which would let a hostile page read local files.
+ALLOWED_SCHEMES = ("http", "https")
+_MAX_REDIRECTS = 5
+_REDIRECT_STATUS = {301, 302, 303, 307, 308}
 _RETRY_STATUS = {408, 425, 429}
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -172,6 +181,37 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     return None
 
 
+def _http_only_opener() -> urllib.request.OpenerDirector:
+    """An opener that speaks http and https only and never follows a redirect by itself.
+
+    ``build_opener()`` would add the file, ftp and data handlers and a redirect handler that follows
+    any scheme; redirects are followed in :meth:`_Downloader._request` instead, one hop at a time, so
+    that each hop's scheme is checked and its host's concurrency limit applies.
+    """
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),  # every status >= 300 raises HTTPError
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+def check_url_scheme(url: str) -> None:
+    """Raise :class:`_Failure` ("unsafe_url") unless ``url`` is http(s)."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise _Failure(
+            "unsafe_url",
+            f"refused a {scheme or 'scheme-less'} URL (only http and https)",
+            retryable=False,
+            url=url,
+        )
+
+
 class _Downloader:
     """State shared by the worker threads of one run."""
 
@@ -188,6 +228,7 @@ class _Downloader:
         max_backoff: float,
         user_agent: str,
         existing: dict[int, Path],
+        max_bytes: int = MAX_IMAGE_BYTES,
     ):
         self.out_dir = out_dir
         self.url_template = url_template
@@ -199,8 +240,9 @@ class _Downloader:
         self.max_backoff = max_backoff
         self.user_agent = user_agent
         self.existing = existing
+        self.max_bytes = max_bytes
         self.stop = threading.Event()
-        self._opener = urllib.request.build_opener()
+        self._opener = _http_only_opener()
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
         self._parts: set[Path] = set()  # .part files being written now
@@ -228,17 +270,36 @@ class _Downloader:
 
     @contextlib.contextmanager
     def _request(self, url: str, accept: str) -> Iterator[http.client.HTTPResponse]:
-        """Open ``url`` within this host's concurrency limit; map every failure to a :class:`_Failure`."""
+        """Open ``url``, following up to 5 redirects, each hop checked for its scheme and within its
+        own host's concurrency limit; map every failure to a :class:`_Failure`."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            check_url_scheme(url)
+            with self._open_one(url, accept) as (response, location):
+                if location is None:
+                    yield response
+                    return
+            url = urllib.parse.urljoin(url, location)
+        raise _Failure("http_error", f"more than {_MAX_REDIRECTS} redirects", retryable=False, url=url)
+
+    @contextlib.contextmanager
+    def _open_one(
+        self, url: str, accept: str
+    ) -> Iterator[tuple[Optional[http.client.HTTPResponse], Optional[str]]]:
+        """One request: yields (response, None), or (None, Location) for a redirect."""
         request = urllib.request.Request(url, headers={"User-Agent": self.user_agent, "Accept": accept})
         try:
             with self._host_slot(url), self._opener.open(request, timeout=self.timeout) as response:
-                yield response
+                yield response, None
         except (_Failure, _Cancelled):
             raise
         except urllib.error.HTTPError as exc:
             code = exc.code
+            location = exc.headers.get("Location") if exc.headers else None
             retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
             exc.close()
+            if code in _REDIRECT_STATUS and location:
+                yield None, location.strip()
+                return
             if code in (404, 410):
                 raise _Failure("not_found", f"HTTP {code}", retryable=False, url=url) from None
             raise _Failure(
@@ -271,10 +332,16 @@ class _Downloader:
             ) from None
 
     def _read_body(
-        self, response: http.client.HTTPResponse, sink: Any, url: str, limit: Optional[int]
+        self, response: http.client.HTTPResponse, sink: Any, url: str, *, page: bool = False
     ) -> int:
-        """Stream the body into ``sink``; check it against Content-Length. Returns the byte count."""
+        """Stream the body into ``sink``, at most the page or image size cap; check it against
+        Content-Length. Returns the byte count."""
+        limit = _MAX_PAGE_BYTES if page else self.max_bytes
+        kind = "page" if page else "image"
+        limit_failure = ("not_an_image" if page else "too_large", f"{kind} larger than {limit} bytes")
         declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise _Failure(*limit_failure, retryable=False, url=url)
         deadline = time.monotonic() + 10 * self.timeout  # bounds a server that trickles bytes
         received = 0
         while True:
@@ -288,8 +355,8 @@ class _Downloader:
             if not chunk:
                 break
             received += len(chunk)
-            if limit is not None and received > limit:
-                raise _Failure("not_an_image", f"page larger than {limit} bytes", retryable=False, url=url)
+            if received > limit:
+                raise _Failure(*limit_failure, retryable=False, url=url)
             try:
                 sink.write(chunk)
             except OSError as exc:
@@ -323,7 +390,7 @@ class _Downloader:
         buffer = _Buffer()
         with self._request(page_url, "text/html,*/*;q=0.5") as response:
             charset = response.headers.get_content_charset() or "utf-8"
-            self._read_body(response, buffer, page_url, _MAX_PAGE_BYTES)
+            self._read_body(response, buffer, page_url, page=True)
         image_url = find_image_url(buffer.text(charset), page_url, image_id)
         if image_url is None:
             raise _Failure(
@@ -344,7 +411,7 @@ class _Downloader:
             with os.fdopen(fd, "wb") as handle, self._request(image_url, "image/*,*/*;q=0.5") as response:
                 # Not get_content_type(): it says "text/plain" when the header is absent.
                 content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-                nbytes = self._read_body(response, handle, image_url, None)
+                nbytes = self._read_body(response, handle, image_url)
             final = self._check_and_place(image_id, part, content_type, image_url)
             old = self.existing.get(image_id)
             if old is not None and old != final:
@@ -540,6 +607,7 @@ def download(
     abort_after: int = 20,
     user_agent: Optional[str] = None,
     progress: Optional[bool] = None,
+    max_bytes: int = MAX_IMAGE_BYTES,
 ) -> dict[str, Any]:
     """Download the images of AVA ids into ``out_dir`` as ``<id>.<ext>``; resumable.
 
@@ -558,6 +626,7 @@ def download(
         abort_after: stop the run after this many consecutive ids failed with connection errors
             (host down or offline); 0 never stops.
         progress: show a progress bar; None shows it only on a terminal.
+        max_bytes: an image body over this many bytes fails its id ("too_large").
 
     Returns:
         the summary written to ``download.json``: counts of ``ok`` (fetched now), ``skipped``
@@ -586,6 +655,7 @@ def download(
         ("backoff", backoff, 0),
         ("max_backoff", max_backoff, 0),
         ("abort_after", abort_after, 0),  # negative would stop the run after its first outcome
+        ("max_bytes", max_bytes, 1),
     ):
         if value < least:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
@@ -615,6 +685,7 @@ def download(
         max_backoff=max_backoff,
         user_agent=user_agent or f"beholder/{__version__} (AVA research download; polite, {per_host}/host)",
         existing=find_images(out),
+        max_bytes=max_bytes,
     )
     outcomes: dict[int, _Outcome] = {}
     counts: Counter[str] = Counter()

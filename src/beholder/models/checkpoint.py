@@ -9,11 +9,16 @@ A checkpoint is a ``torch.save`` dict::
      "optimizer", "scheduler", "epoch", "phase", "config", "rng", ...}
 
 so that ``beholder score --checkpoint FILE`` needs nothing else.
+
+A checkpoint is data, never code: it holds only tensors, plain containers, numbers and strings
+(checked when it is written), and it is read with ``torch.load(weights_only=True)``, which refuses
+anything else, so a crafted file cannot run code in any load path.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
@@ -33,6 +38,32 @@ def _unwrap(model: torch.nn.Module) -> NIMA:
     return getattr(model, "module", getattr(model, "_orig_mod", model))
 
 
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as what ``weights_only=True`` loads: tensors, plain containers, numbers, strings.
+
+    NumPy scalars and arrays become Python numbers and tensors, paths become strings; anything
+    else is a bug in the caller and raises, so that no checkpoint is written that cannot be read.
+    """
+    import numpy as np  # numpy comes with torch; imported here to keep this module's import light
+
+    if isinstance(value, np.generic):  # before the scalars: np.float64 is also a float
+        return value.item()
+    if isinstance(value, (_PLAIN_SCALARS, torch.Tensor)):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {key: _plain(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item, f"{where}[{n}]") for n, item in enumerate(value))
+    raise TypeError(f"checkpoint entry {where} is a {type(value).__name__}, not plain data")
+
+
 def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, **extra: Any) -> Path:
     """Write a checkpoint atomically (temporary file in the same directory, then rename)."""
     nima = _unwrap(model)
@@ -43,7 +74,7 @@ def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, **extra: Any
         "preprocessing": nima.preprocessing.to_dict(),
         "provenance": extra.pop("provenance", {}),
         "model": nima.state_dict(),
-        **extra,
+        **{key: _plain(value, key) for key, value in extra.items()},
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,8 +95,13 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
     try:
-        # weights_only=False: checkpoints carry plain config dicts and RNG states, written by us.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only=True: unpickling only tensors and plain data, so a crafted file runs no code.
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(
+            f"{path}: refused: it holds Python objects other than tensors and plain data, which could "
+            "run code when loaded (Beholder checkpoints never do)"
+        ) from exc
     except Exception as exc:  # torch raises many types for a damaged file
         raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
