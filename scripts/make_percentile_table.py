@@ -20,8 +20,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from beholder.files import write_json  # noqa: E402
-from beholder.ratings import distribution_mean, votes_to_distribution  # noqa: E402
+from beholder.files import write_json
+from beholder.ratings import distribution_mean, votes_to_distribution
 
 SOURCE_SHA256 = "d9ed521d0ff0836c5401a257d6f4141c83bd4774c09927d1fc2cb163d658b245"
 OUTPUT = Path(__file__).resolve().parents[1] / "src" / "beholder" / "resources" / "ava_mean_percentiles.json"
@@ -55,7 +55,7 @@ def main() -> int:
             "description": "AVA mean score at each percentile level of the distribution of AVA means",
             "source": "ava_labels_merged.csv: AVA vote counts for 68,311 AVA ids (see NOTICE)",
             "source_sha256": SOURCE_SHA256,
-            "images": int(len(means)),
+            "images": len(means),
             "quartiles": [round(float(q), 4) for q in np.percentile(means, [25, 50, 75])],
             "levels": LEVELS.tolist(),
             "means": [round(float(q), 5) for q in quantiles],
