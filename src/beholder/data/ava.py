@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from beholder import __version__
+from beholder.data.manifest import MANIFEST_COLUMNS, MANIFEST_FILE, SPLITS, load_manifest  # noqa: F401
 from beholder.errors import ConfigError, ImageLoadError
 from beholder.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_image
 
@@ -47,35 +48,13 @@ SCORES = np.arange(1, 11, dtype=np.float64)  # the AVA rating scale, 1..10
 VOTE_COLUMNS = [f"votes_{i}" for i in range(1, 11)]
 #: Columns of the good-rows table returned by :func:`parse_ava_txt`.
 LABEL_COLUMNS = ["image_id", *VOTE_COLUMNS, "n_votes", "mean", "std", "tag1", "tag2", "challenge_id"]
-#: Columns of ``manifest.parquet``, in order. ``mode`` and ``format`` are extras beyond the issue's list.
-MANIFEST_COLUMNS = [
-    "image_id",
-    "split",
-    *VOTE_COLUMNS,
-    "n_votes",
-    "mean",
-    "std",
-    "tag1",
-    "tag2",
-    "challenge_id",
-    "source_path",
-    "cache_path",
-    "file_bytes",
-    "width",
-    "height",
-    "aspect_ratio",
-    "mode",
-    "format",
-]
 REJECTED_COLUMNS = ["image_id", "reason", "detail"]
-SPLITS = ("train", "val", "test")
 
 #: Why a line of AVA.txt is rejected.
 ROW_REASONS = ("bad_column_count", "non_integer_field", "negative_value", "zero_votes", "duplicate_id")
 #: Why an image is rejected (after its row was accepted).
 IMAGE_REASONS = ("missing_file", "corrupt_image", "too_large", "too_small")
 
-MANIFEST_FILE = "manifest.parquet"
 REJECTED_FILE = "rejected.csv"
 SUMMARY_FILE = "prepare.json"
 STATE_FILE = "prepare_state.parquet"  # per-image results for incremental reruns (internal)
@@ -755,56 +734,3 @@ def prepare(
     write_json(out_dir / SUMMARY_FILE, summary)
     logger.info("wrote %s (%d rows) and %s", out_dir / MANIFEST_FILE, len(manifest), out_dir / REJECTED_FILE)
     return summary
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading the prepared directory
-
-
-def load_manifest(
-    prepared_dir: PathLike,
-    *,
-    splits: Optional[Union[str, Sequence[str]]] = None,
-    check_files: bool = False,
-) -> pd.DataFrame:
-    """Read ``manifest.parquet`` with ``source_path``/``cache_path`` resolved to absolute paths.
-
-    Args:
-        prepared_dir: the directory ``prepare`` wrote (or the manifest file itself).
-        splits: keep only these splits (``"train"`` or ``["train", "val"]``).
-        check_files: also require every ``cache_path`` to exist.
-
-    Raises:
-        ConfigError: the manifest is missing, unreadable, lacks columns, or (``check_files``) a
-            cache file is gone. The message names the file.
-    """
-    path = Path(prepared_dir)
-    if path.is_dir() or path.suffix != ".parquet":
-        path = path / MANIFEST_FILE
-    if not path.is_file():
-        raise ConfigError(f"manifest not found: {path} (run `beholder ava prepare` first)")
-    try:
-        manifest = pd.read_parquet(path)
-    except Exception as exc:
-        raise ConfigError(f"cannot read manifest {path}: {exc}") from exc
-    absent = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
-    if absent:
-        raise ConfigError(f"manifest {path} lacks columns {absent}; rerun `beholder ava prepare`")
-    base = path.absolute().parent
-    for column in ("source_path", "cache_path"):
-        # os.path.join keeps absolute entries as they are.
-        manifest[column] = [os.path.normpath(os.path.join(base, p)) for p in manifest[column]]
-    if splits is not None:
-        wanted = [splits] if isinstance(splits, str) else list(splits)
-        unknown = sorted(set(wanted) - set(SPLITS))
-        if unknown:
-            raise ConfigError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
-        manifest = manifest[manifest["split"].isin(wanted)].reset_index(drop=True)
-    if check_files:
-        gone = [p for p in manifest["cache_path"] if not os.path.isfile(p)]
-        if gone:
-            raise ConfigError(
-                f"{len(gone)} cache file(s) listed in {path} are missing, e.g. {gone[0]}; "
-                "rerun `beholder ava prepare`"
-            )
-    return manifest
