@@ -98,6 +98,10 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
         # weights_only=True: unpickling only tensors and plain data, so a crafted file runs no code.
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch has one exception type for both cases; only a GLOBAL (a class or function
+        # reference, which is how pickles run code) that is not allow-listed means "hostile".
+        if "Unsupported global" not in str(exc):
+            raise ConfigError(f"{path}: not a readable checkpoint (damaged or not a torch file)") from exc
         raise ConfigError(
             f"{path}: refused: it holds Python objects other than tensors and plain data, which could "
             "run code when loaded (Beholder checkpoints never do)"
