@@ -100,7 +100,7 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     except pickle.UnpicklingError as exc:
         # torch has one exception type for both cases; only a GLOBAL (a class or function
         # reference, which is how pickles run code) that is not allow-listed means "hostile".
-        if "Unsupported global" not in str(exc):
+        if "global" not in str(exc).lower():
             raise ConfigError(f"{path}: not a readable checkpoint (damaged or not a torch file)") from exc
         raise ConfigError(
             f"{path}: refused: it holds Python objects other than tensors and plain data, which could "
