@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from beholder import metrics
+from beholder import metrics, ratings
 
 SCORES = list(range(1, 11))
 
@@ -59,12 +59,12 @@ def no_warnings():
 def test_distribution_mean_and_std_match_explicit_sums():
     rng = np.random.default_rng(1)
     p = _random_distributions(rng, 20)
-    np.testing.assert_allclose(metrics.distribution_mean(p), [_ref_mean(row) for row in p], rtol=1e-12)
-    np.testing.assert_allclose(metrics.distribution_std(p), [_ref_std(row) for row in p], rtol=1e-10)
+    np.testing.assert_allclose(ratings.distribution_mean(p), [_ref_mean(row) for row in p], rtol=1e-12)
+    np.testing.assert_allclose(ratings.distribution_std(p), [_ref_std(row) for row in p], rtol=1e-10)
     point = np.zeros(10)
     point[6] = 1.0  # all votes on 7
-    assert metrics.distribution_mean(point) == 7.0
-    assert metrics.distribution_std(point) == 0.0  # clipped, never sqrt of a tiny negative
+    assert ratings.distribution_mean(point) == 7.0
+    assert ratings.distribution_std(point) == 0.0  # clipped, never sqrt of a tiny negative
 
 
 def test_emd_matches_explicit_loop_and_scipy_wasserstein():
