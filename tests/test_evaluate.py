@@ -23,12 +23,17 @@ from beholder.cli import main
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from beholder import evaluate as ev  # noqa: E402  (needs pandas)
+from conftest import ASSETS  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
-AVA_SAMPLE = SHARED / "ava_sample"
-IDEALO_WEIGHTS = SHARED / "nima_idealo"
-MOBILENET_025 = SHARED / "weights" / "keras_mobilenet_v1_0.25"
+from beholder import evaluation as ev  # noqa: E402  (needs pandas)
+from beholder.data.manifest import load_manifest  # noqa: E402
+from beholder.evaluation.labels import id_key  # noqa: E402
+from beholder.evaluation.report import METRIC_TITLES  # noqa: E402
+from beholder.ratings import VOTE_COLUMNS  # noqa: E402
+
+AVA_SAMPLE = ASSETS / "ava_sample"
+IDEALO_WEIGHTS = ASSETS / "nima_idealo"
+MOBILENET_025 = ASSETS / "weights" / "keras_mobilenet_v1_0.25"
 TEST_LIST = AVA_SAMPLE / "official_lists" / "aesthetics_image_lists" / "generic_test.jpgl"
 
 #: Means of the idealo model under Keras (idealo's own predictor) for the labelled sample images.
@@ -152,9 +157,9 @@ def test_idealo_on_real_ava_matches_score_command(real_prepared, tmp_path, monke
         assert result["mean"] == pytest.approx(KERAS_MEANS[image_id], abs=1e-3)  # Keras reference
 
     # true means come from the vote counts of the manifest
-    manifest = ev.read_manifest(real_prepared).set_index("image_id")
+    manifest = load_manifest(real_prepared).set_index("image_id")
     for image_id, row in predictions.items():
-        votes = manifest.loc[int(image_id), ev.VOTE_COLUMNS].to_numpy(dtype=float)
+        votes = manifest.loc[int(image_id), VOTE_COLUMNS].to_numpy(dtype=float)
         assert float(row["true_mean"]) == pytest.approx(votes @ np.arange(1, 11) / votes.sum(), abs=1e-6)
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -308,16 +313,16 @@ def test_trained_model_full_report_matches_metrics_json(trained, tmp_path, capsy
     page = (out / "report.html").read_text()
     for key in ev.METRIC_KEYS:
         value = "null" if metrics[key] is None else json.dumps(metrics[key])
-        assert f"<td>{key}</td><td>{ev._METRIC_TITLES[key]}</td><td>{value}</td>" in page
+        assert f"<td>{key}</td><td>{METRIC_TITLES[key]}</td><td>{value}</td>" in page
     for name in ev.PLOT_FILES.values():
         assert f'<img src="{name}"' in page
 
     # metrics.json agrees with an independent computation from predictions.csv and the manifest.
     predictions = pd.read_csv(out / "predictions.csv", dtype={"image_id": str})
     assert list(predictions["image_id"]) == sorted(predictions["image_id"], key=int)
-    manifest = ev.read_manifest(prepared)
+    manifest = load_manifest(prepared)
     manifest = manifest.assign(image_id=manifest["image_id"].astype(str)).set_index("image_id")
-    votes = manifest.loc[predictions["image_id"], ev.VOTE_COLUMNS].to_numpy(dtype=float)
+    votes = manifest.loc[predictions["image_id"], VOTE_COLUMNS].to_numpy(dtype=float)
     true_p = votes / votes.sum(axis=1, keepdims=True)
     pred_p = predictions[[f"p{i}" for i in range(1, 11)]].to_numpy()
     scores = np.arange(1, 11)
@@ -431,8 +436,8 @@ def test_user_labels_with_mean_only(tmp_path, tiny_checkpoint, capsys):
 def test_id_order_is_total_and_never_crashes():
     # "²".isdigit() is True but int("²") raises; "9" and "09" used to tie (order left to the input).
     ids = ["b", "10", "\u00b2", "9", "09"]
-    assert sorted(ids, key=ev._id_key) == ["09", "9", "10", "b", "\u00b2"]
-    assert sorted(reversed(ids), key=ev._id_key) == sorted(ids, key=ev._id_key)
+    assert sorted(ids, key=id_key) == ["09", "9", "10", "b", "\u00b2"]
+    assert sorted(reversed(ids), key=id_key) == sorted(ids, key=id_key)
 
 
 def test_user_labels_with_vote_counts_and_paths(tmp_path):
