@@ -23,13 +23,12 @@ from beholder.cli import main
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from conftest import ASSETS  # noqa: E402
-
 from beholder import evaluation as ev  # noqa: E402  (needs pandas)
 from beholder.data.manifest import load_manifest  # noqa: E402
 from beholder.evaluation.labels import id_key  # noqa: E402
 from beholder.evaluation.report import METRIC_TITLES  # noqa: E402
 from beholder.ratings import VOTE_COLUMNS  # noqa: E402
+from conftest import ASSETS  # noqa: E402
 
 AVA_SAMPLE = ASSETS / "ava_sample"
 IDEALO_WEIGHTS = ASSETS / "nima_idealo"

@@ -171,7 +171,7 @@ def _locate_photos(
     labels_csv: Path,
 ) -> tuple[list[str], list[str]]:
     """(image ids, file paths) of the rated ``rows``; every named photo must exist."""
-    index = _image_index(images_dir)
+    index: Optional[dict[str, str]] = None  # built on the first id lookup: it lists images_dir
     ids, paths, missing = [], [], []
     for row in rows:
         given_path = table[path_column].iloc[row] if path_column is not None else None
@@ -185,6 +185,7 @@ def _locate_photos(
             found = next((str(c) for c in candidates if c.is_file()), None)
         elif isinstance(given_id, str) and given_id.strip():
             name = id_text(given_id)
+            index = _image_index(images_dir) if index is None else index
             found = index.get(name)
             if found == "":
                 raise ConfigError(f"{labels_csv}: id {name!r} matches several files in {images_dir}")

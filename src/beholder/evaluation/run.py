@@ -64,7 +64,7 @@ def predict_labels(
 
     predictions: :data:`PREDICTION_COLUMNS` at full precision (``true_p*`` NaN for labels with
     mean scores only). failures: image_id, path, error, for files that exist but could not be
-    decoded. A listed file that does not exist is a ConfigError naming it: the labels are trusted.
+    decoded, and for non-finite predictions. A listed file that does not exist is a ConfigError naming it: the labels are trusted.
     """
     import pandas as pd
 
@@ -76,8 +76,11 @@ def predict_labels(
     rows, failures = [], []
     results = scorer.score(list(labels["path"]), progress=progress)
     for record, result in zip(labels.to_dict("records"), results):
-        if result.error is not None:
-            failures.append({"image_id": record["image_id"], "path": record["path"], "error": result.error})
+        error = result.error
+        if error is None and not np.isfinite(np.asarray(result.distribution, dtype=np.float64)).all():
+            error = "the model's prediction is not finite (NaN or infinity)"  # would poison every metric
+        if error is not None:
+            failures.append({"image_id": record["image_id"], "path": record["path"], "error": error})
             continue
         true_p = [record[c] for c in TRUE_PROBABILITY_COLUMNS] if distributions else [math.nan] * 10
         rows.append(
