@@ -195,8 +195,8 @@ def plot_example_distributions(
             if true_p is not None:
                 ax.bar(SCORES - 0.2, true_p[row], width=0.4, color="tab:blue", label="true (human ratings)")
             ax.bar(SCORES + 0.2, pred_p[row], width=0.4, color="tab:orange", label="predicted")
-            ax.axvline(true_mean[row], color="tab:blue", linestyle="--", linewidth=1)
-            ax.axvline(predicted_mean, color="tab:orange", linestyle=":", linewidth=1.2)
+            ax.axvline(true_mean[row], color="tab:blue", linestyle="--", linewidth=1, label="true mean")
+            ax.axvline(predicted_mean, color="tab:orange", linestyle=":", linewidth=1.2, label="predicted mean")
             ax.set_title(
                 f"{image_ids[row]}: true {true_mean[row]:.2f}, predicted {predicted_mean:.2f}", fontsize=9
             )
@@ -207,7 +207,7 @@ def plot_example_distributions(
             if not handles:
                 handles, labels = ax.get_legend_handles_labels()
     if handles:
-        figure.legend(handles, labels, loc="outside upper center", ncols=2)
+        figure.legend(handles, labels, loc="outside upper center", ncols=len(handles))
     _save(figure, Path(path))
     return {name: [image_ids[row] for row in rows] for name, rows in picked.items()}
 
