@@ -490,3 +490,38 @@ def test_published_results_are_labelled_with_their_test_sets():
     assert "random" in by_method["NIMA (MobileNet), idealo"].test_set
     assert all(r.test_set for r in ev.PUBLISHED_RESULTS)
     assert len(ev.published_results_table()) == len(ev.PUBLISHED_RESULTS)
+
+
+def test_fine_tuned_checkpoint_provenance_and_tails_through_the_cli(tmp_path, tiny_checkpoint, capsys):
+    import torch
+
+    from beholder.models import load_checkpoint, save_checkpoint
+
+    model, payload = load_checkpoint(tiny_checkpoint)
+    provenance = {"trained_with": "beholder train", "init": {"model": "nima-mobilenet-idealo"}}
+    checkpoint = save_checkpoint(tmp_path / "tuned.pt", model, provenance=provenance)
+    assert torch.load(checkpoint, weights_only=True)["provenance"] == provenance
+    _photos(tmp_path / "photos", ["low.jpg", "mid.jpg", "high.jpg", "mid2.jpg"])
+    (tmp_path / "labels.csv").write_text("id,mean\nlow,2.5\nmid,5\nhigh,8.5\nmid2,6\n")
+    out = tmp_path / "eval"
+    args = ["--images", str(tmp_path / "photos"), "--labels", str(tmp_path / "labels.csv"), "--no-progress"]
+    code = main(
+        ["evaluate", "--checkpoint", str(checkpoint), *args, "--out", str(out), "--tail-thresholds", "3", "8"]
+    )
+    assert code == 0
+    capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["provenance"] == provenance
+    assert metrics["tail_thresholds"] == [3.0, 8.0]
+    assert [metrics["tails"][r]["n"] for r in ("lower", "middle", "upper")] == [1, 2, 1]
+    assert metrics["examples"] == {"lower": ["low"], "middle": ["mid", "mid2"], "upper": ["high"]}
+    assert metrics["tails"]["lower"]["emd"] is None  # mean-only labels: no distributions
+    rows = _read_csv(out / "predictions.csv")
+    assert all(row["true_p1"] == "" for row in rows)  # no true distribution to write
+    report = (out / "report.md").read_text()
+    assert (
+        "fine-tuned from: `nima-mobilenet-idealo`" in report
+        and "| init.model | nima-mobilenet-idealo |" in report
+    )
+    assert "| lower tail | < 3 | 1 |" in report
+    assert (out / ev.PLOT_FILES["examples"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
