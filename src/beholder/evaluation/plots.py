@@ -185,18 +185,24 @@ def plot_example_distributions(
             ax.set_xticks(SCORES)
             ax.set_xlim(0.4, NUM_BINS + 0.6)
             if column >= len(picked[name]):
-                if column == 0:
+                if column == 0:  # an empty range keeps one axes, to say so beside its label
                     ax.text(
                         0.5, 0.5, "no images in this range", transform=ax.transAxes, ha="center", color="grey"
                     )
+                else:
+                    ax.set_visible(False)
                 continue
             row = picked[name][column]
             predicted_mean = float(pred_p[row] @ SCORES)
-            if true_p is not None:
+            offset = 0.0
+            if true_p is not None:  # side by side; alone, the predicted bars are centred
                 ax.bar(SCORES - 0.2, true_p[row], width=0.4, color="tab:blue", label="true (human ratings)")
-            ax.bar(SCORES + 0.2, pred_p[row], width=0.4, color="tab:orange", label="predicted")
+                offset = 0.2
+            ax.bar(SCORES + offset, pred_p[row], width=0.4, color="tab:orange", label="predicted")
             ax.axvline(true_mean[row], color="tab:blue", linestyle="--", linewidth=1, label="true mean")
-            ax.axvline(predicted_mean, color="tab:orange", linestyle=":", linewidth=1.2, label="predicted mean")
+            ax.axvline(
+                predicted_mean, color="tab:orange", linestyle=":", linewidth=1.2, label="predicted mean"
+            )
             ax.set_title(
                 f"{image_ids[row]}: true {true_mean[row]:.2f}, predicted {predicted_mean:.2f}", fontsize=9
             )
