@@ -497,7 +497,7 @@ def test_fine_tuned_checkpoint_provenance_and_tails_through_the_cli(tmp_path, ti
 
     from beholder.models import load_checkpoint, save_checkpoint
 
-    model, payload = load_checkpoint(tiny_checkpoint)
+    model, _ = load_checkpoint(tiny_checkpoint)
     provenance = {"trained_with": "beholder train", "init": {"model": "nima-mobilenet-idealo"}}
     checkpoint = save_checkpoint(tmp_path / "tuned.pt", model, provenance=provenance)
     assert torch.load(checkpoint, weights_only=True)["provenance"] == provenance
