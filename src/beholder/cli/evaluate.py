@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = ev.load_user_labels(args.images, args.labels)
         data_label = args.labels
+    ev.check_out_dir(args.out)
     check_device(args.device)
     scorer = scorer_from_args(args, batch_size=args.batch_size, workers=args.workers)
     metrics = ev.evaluate(

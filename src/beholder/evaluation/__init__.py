@@ -38,6 +38,7 @@ from beholder.evaluation.report import (
 from beholder.evaluation.run import (
     METRIC_KEYS,
     PREDICTION_COLUMNS,
+    check_out_dir,
     check_tail_thresholds,
     confusion_counts,
     error_by_bin,
@@ -54,6 +55,7 @@ __all__ = [
     "PUBLISHED_RESULTS",
     "TRUE_PROBABILITY_COLUMNS",
     "PublishedResult",
+    "check_out_dir",
     "check_tail_thresholds",
     "confusion_counts",
     "error_by_bin",

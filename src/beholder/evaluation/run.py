@@ -17,6 +17,7 @@ import csv
 import io
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -27,7 +28,7 @@ from beholder.errors import ConfigError
 from beholder.evaluation.labels import TRUE_PROBABILITY_COLUMNS, has_distributions, labels_from_manifest
 from beholder.evaluation.plots import pick_examples, write_plots
 from beholder.evaluation.report import write_report
-from beholder.files import PathLike, atomic_write_text, write_json
+from beholder.files import PathLike, atomic_write_text, make_temp, write_json
 from beholder.metrics import SUMMARY_KEYS, TAIL_KEYS, TAIL_THRESHOLDS, summarize, tail_metrics
 from beholder.ratings import PROBABILITY_COLUMNS, THRESHOLD
 
@@ -201,6 +202,23 @@ def _metrics_document(
     return document
 
 
+def check_out_dir(out_dir: PathLike) -> Path:
+    """Create ``out_dir`` and make sure a file can be written there, or raise a ConfigError naming it.
+
+    Called before any image is scored, so that a wrong ``--out`` fails in milliseconds, not after
+    the whole evaluation.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = make_temp(out_dir, ".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write into the output directory {out_dir}: {exc.strerror or exc}") from exc
+    return out_dir
+
+
 def check_tail_thresholds(thresholds: Any) -> tuple[float, float]:
     """``(low, high)`` with 1 <= low < high <= 10, or a ConfigError."""
     try:
@@ -254,8 +272,7 @@ def evaluate(
         labels = data
         split_label = None
     data_label = data_label or ("manifest" if split_label else "labels")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_out_dir(out_dir)
 
     predictions, failures = predict_labels(scorer, labels, progress=progress)
     failures_path = out_dir / "failures.csv"

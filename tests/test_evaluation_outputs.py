@@ -1,4 +1,5 @@
-"""Evaluation: tail metrics, example distributions, provenance, rejected labels, strict JSON, devices.
+"""Evaluation outputs and checks: tail metrics, example distributions, provenance, rejected labels,
+strict JSON, absent devices and unwritable output directories.
 
 Most tests drive :func:`beholder.evaluation.evaluate` with a stand-in scorer that returns chosen
 distributions through the Scorer's public API (``score(paths)`` -> results with ``mean``, ``std``,
@@ -351,3 +352,15 @@ def test_device_without_cuda_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert "\n" not in err and "CUDA is not available" in err and "--device cpu" in err
     assert main([*base, "--device", "gpu"]) == 2
     assert "not a torch device" in capsys.readouterr().err
+
+
+def test_unwritable_output_directory_is_one_line_exit_2(tmp_path, capsys):
+    _photos(tmp_path / "photos", ["a.png"])
+    (tmp_path / "labels.csv").write_text("id,mean\na,5\n")
+    (tmp_path / "file").write_text("not a directory")
+    out = tmp_path / "file" / "eval"
+    args = ["--images", str(tmp_path / "photos"), "--labels", str(tmp_path / "labels.csv"), "--out", str(out)]
+    # The check comes before the model is loaded: the checkpoint need not exist.
+    assert main(["evaluate", "--checkpoint", "unused.pt", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(out) in err and "output directory" in err
