@@ -28,7 +28,7 @@ from beholder.data.manifest import load_manifest  # noqa: E402
 from beholder.evaluation.labels import id_key  # noqa: E402
 from beholder.evaluation.report import METRIC_TITLES  # noqa: E402
 from beholder.ratings import VOTE_COLUMNS  # noqa: E402
-from conftest import ASSETS  # noqa: E402
+from conftest import ASSETS, asset  # noqa: E402
 
 AVA_SAMPLE = ASSETS / "ava_sample"
 IDEALO_WEIGHTS = ASSETS / "nima_idealo"
@@ -44,11 +44,6 @@ OUTPUT_FILES = [
     "report.html",
     *ev.PLOT_FILES.values(),
 ]
-
-
-def _require(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"shared asset not available: {path}")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -110,7 +105,7 @@ def _this_run_row(report_md: str) -> list[str]:
 @pytest.fixture(scope="module")
 def real_prepared(tmp_path_factory) -> Path:
     """A prepared directory from the 3 labelled real AVA images, via `beholder ava prepare`."""
-    _require(AVA_SAMPLE / "ava_sample_labels.csv")
+    asset("ava_sample/ava_sample_labels.csv")
     root = tmp_path_factory.mktemp("real")
     rows = [
         (r["image_id"], [int(r[f"c{i}"]) for i in range(1, 11)])
@@ -124,7 +119,7 @@ def real_prepared(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def idealo_scorer(tmp_path_factory):
-    _require(IDEALO_WEIGHTS / "weights_mobilenet_aesthetic_0.07.hdf5")
+    asset("nima_idealo/weights_mobilenet_aesthetic_0.07.hdf5")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BEHOLDER_WEIGHTS_PATH", str(IDEALO_WEIGHTS))
         mp.setenv("BEHOLDER_CACHE", str(tmp_path_factory.mktemp("cache")))  # never the user's cache
@@ -134,7 +129,7 @@ def idealo_scorer(tmp_path_factory):
 
 
 def test_idealo_on_real_ava_matches_score_command(real_prepared, tmp_path, monkeypatch, capsys):
-    _require(IDEALO_WEIGHTS / "weights_mobilenet_aesthetic_0.07.hdf5")
+    asset("nima_idealo/weights_mobilenet_aesthetic_0.07.hdf5")
     monkeypatch.setenv("BEHOLDER_WEIGHTS_PATH", str(IDEALO_WEIGHTS))
     out = tmp_path / "eval"
     args = ["--model", "nima-mobilenet-idealo", "--data", str(real_prepared), "--split", "all"]
@@ -229,7 +224,7 @@ def _generated_dataset(root: Path, n: int = 24, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(prepared dir, checkpoint) of a tiny two-phase `beholder train` run on generated data."""
-    _require(MOBILENET_025 / "mobilenet_2_5_224_tf_no_top.h5")
+    asset("weights/keras_mobilenet_v1_0.25/mobilenet_2_5_224_tf_no_top.h5")
     root = tmp_path_factory.mktemp("trained")
     prepared = _generated_dataset(root)
     overrides = [
@@ -363,7 +358,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from beholder.models import Architecture, build_nima, save_checkpoint
     from beholder.preprocessing import Preprocessing
 
-    _require(MOBILENET_025 / "mobilenet_2_5_224_tf_no_top.h5")
+    asset("weights/keras_mobilenet_v1_0.25/mobilenet_2_5_224_tf_no_top.h5")
     torch.manual_seed(0)
     model = build_nima(
         Architecture(backbone="keras_mobilenet_v1", alpha=0.25, dropout=0.75),
