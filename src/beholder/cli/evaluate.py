@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if metrics["n_failed"]:
         print(
-            f"beholder evaluate: WARNING: {metrics['n_failed']} image(s) could not be decoded and were "
+            f"beholder evaluate: WARNING: {metrics['n_failed']} image(s) could not be scored and were "
             f"excluded from the metrics; see {args.out}/failures.csv",
             file=sys.stderr,
         )

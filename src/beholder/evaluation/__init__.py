@@ -11,10 +11,10 @@ Modules: :mod:`~beholder.evaluation.labels` (labels from a manifest or a user's 
 and :mod:`~beholder.evaluation.report` (report.md / report.html with the published results).
 
 Outputs in ``out_dir``: ``metrics.json``, ``predictions.csv``, ``failures.csv`` (only if an image
-could not be decoded), five PNG plots, ``report.md`` and ``report.html``. Missing files are a
+could not be scored), five PNG plots, ``report.md`` and ``report.html``. Missing files are a
 configuration error naming them (the manifest is trusted: a file that has gone is a broken setup,
-not a data point). Files that exist but cannot be decoded are listed in ``failures.csv``, excluded
-from the metrics and reported with a warning.
+not a data point). Files that exist but cannot be decoded, and non-finite predictions, are
+listed in ``failures.csv``, excluded from the metrics and reported with a warning.
 """
 
 from __future__ import annotations

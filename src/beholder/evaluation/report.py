@@ -139,7 +139,7 @@ def _facts(metrics: dict[str, Any]) -> list[str]:
     facts = [
         f"model: `{metrics['model']}`",
         f"data: `{metrics['data']}`" + (f", split `{metrics['split']}`" if metrics.get("split") else ""),
-        f"images evaluated: {metrics['n']}; could not be decoded (excluded, see failures.csv): {metrics['n_failed']}",
+        f"images evaluated: {metrics['n']}; could not be scored (excluded, see failures.csv): {metrics['n_failed']}",
         f"preprocessing (declared by the model): resize to {pre['resize']} ({pre['interpolation']}), "
         + (f"centre crop {pre['crop']}" if pre["crop"] else "no crop")
         + "; no random crop or flip",

@@ -65,7 +65,8 @@ def predict_labels(
 
     predictions: :data:`PREDICTION_COLUMNS` at full precision (``true_p*`` NaN for labels with
     mean scores only). failures: image_id, path, error, for files that exist but could not be
-    decoded, and for non-finite predictions. A listed file that does not exist is a ConfigError naming it: the labels are trusted.
+    decoded, and for non-finite predictions. A listed file that does not exist is a ConfigError
+    naming it: the labels are trusted.
     """
     import pandas as pd
 
@@ -97,7 +98,7 @@ def predict_labels(
         )
     if failures:
         logger.warning(
-            "%d of %d images could not be decoded and are excluded from the metrics (first: %s: %s)",
+            "%d of %d images could not be scored and are excluded from the metrics (first: %s: %s)",
             len(failures),
             len(labels),
             failures[0]["path"],
@@ -177,7 +178,8 @@ def _rounded_with_notes(
 def _metrics_document(
     predictions: pd.DataFrame, true_p: Optional[np.ndarray], tail_thresholds: tuple[float, float]
 ) -> dict[str, Any]:
-    """The measured part of metrics.json: overall metrics, tails, 2x2 table, error per bin, notes."""
+    """The measured part of metrics.json: overall metrics, tails, 2x2 table, error per bin, notes,
+    and the example images of the distributions plot."""
     pred_p = predictions[PROBABILITY_COLUMNS].to_numpy(dtype=np.float64)  # (N, 10)
     true_mean = predictions["true_mean"].to_numpy(dtype=np.float64)
     true_std = predictions["true_std"].to_numpy(dtype=np.float64)
@@ -199,6 +201,11 @@ def _metrics_document(
         for row in error_by_bin(true_mean, pred_mean)
     ]
     document["notes"] = notes
+    # The images whose distributions the report plots, so that metrics.json says which they are.
+    document["examples"] = {
+        name: [str(predictions["image_id"].iloc[row]) for row in rows]
+        for name, rows in pick_examples(true_mean, tail_thresholds).items()
+    }
     return document
 
 
@@ -298,11 +305,6 @@ def evaluate(
         "preprocessing": {k: v for k, v in scorer.preprocessing.to_dict().items() if k != "extra"},
         **{key: value for key, value in metrics.items() if key not in METRIC_KEYS},
         "beholder_version": __version__,
-    }
-    # The images whose distributions the report plots, so that metrics.json says which they are.
-    metrics["examples"] = {
-        name: [str(predictions["image_id"].iloc[row]) for row in rows]
-        for name, rows in pick_examples(predictions["true_mean"].to_numpy(), tail_thresholds).items()
     }
     plot_files: dict[str, str] = {}
     if plots:
