@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--labels",
         metavar="CSV",
-        help="ratings of the photos in --images: id or path, and votes_1..votes_10 / c1..c10 or mean",
+        help="ratings of the photos in --images: id or path, and votes_1..votes_10 / c1..c10, p1..p10 or mean",
     )
     parser.add_argument(
         "--split",
