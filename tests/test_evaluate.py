@@ -23,12 +23,16 @@ from beholder.cli import main
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from beholder import evaluate as ev  # noqa: E402  (needs pandas)
+from beholder import evaluation as ev  # noqa: E402  (needs pandas)
+from beholder.data.manifest import load_manifest  # noqa: E402
+from beholder.evaluation.labels import id_key  # noqa: E402
+from beholder.evaluation.report import METRIC_TITLES  # noqa: E402
+from beholder.ratings import VOTE_COLUMNS  # noqa: E402
+from conftest import ASSETS, asset  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
-AVA_SAMPLE = SHARED / "ava_sample"
-IDEALO_WEIGHTS = SHARED / "nima_idealo"
-MOBILENET_025 = SHARED / "weights" / "keras_mobilenet_v1_0.25"
+AVA_SAMPLE = ASSETS / "ava_sample"
+IDEALO_WEIGHTS = ASSETS / "nima_idealo"
+MOBILENET_025 = ASSETS / "weights" / "keras_mobilenet_v1_0.25"
 TEST_LIST = AVA_SAMPLE / "official_lists" / "aesthetics_image_lists" / "generic_test.jpgl"
 
 #: Means of the idealo model under Keras (idealo's own predictor) for the labelled sample images.
@@ -40,11 +44,6 @@ OUTPUT_FILES = [
     "report.html",
     *ev.PLOT_FILES.values(),
 ]
-
-
-def _require(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"shared asset not available: {path}")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -106,7 +105,7 @@ def _this_run_row(report_md: str) -> list[str]:
 @pytest.fixture(scope="module")
 def real_prepared(tmp_path_factory) -> Path:
     """A prepared directory from the 3 labelled real AVA images, via `beholder ava prepare`."""
-    _require(AVA_SAMPLE / "ava_sample_labels.csv")
+    asset("ava_sample/ava_sample_labels.csv")
     root = tmp_path_factory.mktemp("real")
     rows = [
         (r["image_id"], [int(r[f"c{i}"]) for i in range(1, 11)])
@@ -120,7 +119,7 @@ def real_prepared(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def idealo_scorer(tmp_path_factory):
-    _require(IDEALO_WEIGHTS / "weights_mobilenet_aesthetic_0.07.hdf5")
+    asset("nima_idealo/weights_mobilenet_aesthetic_0.07.hdf5")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BEHOLDER_WEIGHTS_PATH", str(IDEALO_WEIGHTS))
         mp.setenv("BEHOLDER_CACHE", str(tmp_path_factory.mktemp("cache")))  # never the user's cache
@@ -130,7 +129,7 @@ def idealo_scorer(tmp_path_factory):
 
 
 def test_idealo_on_real_ava_matches_score_command(real_prepared, tmp_path, monkeypatch, capsys):
-    _require(IDEALO_WEIGHTS / "weights_mobilenet_aesthetic_0.07.hdf5")
+    asset("nima_idealo/weights_mobilenet_aesthetic_0.07.hdf5")
     monkeypatch.setenv("BEHOLDER_WEIGHTS_PATH", str(IDEALO_WEIGHTS))
     out = tmp_path / "eval"
     args = ["--model", "nima-mobilenet-idealo", "--data", str(real_prepared), "--split", "all"]
@@ -152,9 +151,9 @@ def test_idealo_on_real_ava_matches_score_command(real_prepared, tmp_path, monke
         assert result["mean"] == pytest.approx(KERAS_MEANS[image_id], abs=1e-3)  # Keras reference
 
     # true means come from the vote counts of the manifest
-    manifest = ev.read_manifest(real_prepared).set_index("image_id")
+    manifest = load_manifest(real_prepared).set_index("image_id")
     for image_id, row in predictions.items():
-        votes = manifest.loc[int(image_id), ev.VOTE_COLUMNS].to_numpy(dtype=float)
+        votes = manifest.loc[int(image_id), VOTE_COLUMNS].to_numpy(dtype=float)
         assert float(row["true_mean"]) == pytest.approx(votes @ np.arange(1, 11) / votes.sum(), abs=1e-6)
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -225,7 +224,7 @@ def _generated_dataset(root: Path, n: int = 24, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(prepared dir, checkpoint) of a tiny two-phase `beholder train` run on generated data."""
-    _require(MOBILENET_025 / "mobilenet_2_5_224_tf_no_top.h5")
+    asset("weights/keras_mobilenet_v1_0.25/mobilenet_2_5_224_tf_no_top.h5")
     root = tmp_path_factory.mktemp("trained")
     prepared = _generated_dataset(root)
     overrides = [
@@ -308,16 +307,16 @@ def test_trained_model_full_report_matches_metrics_json(trained, tmp_path, capsy
     page = (out / "report.html").read_text()
     for key in ev.METRIC_KEYS:
         value = "null" if metrics[key] is None else json.dumps(metrics[key])
-        assert f"<td>{key}</td><td>{ev._METRIC_TITLES[key]}</td><td>{value}</td>" in page
+        assert f"<td>{key}</td><td>{METRIC_TITLES[key]}</td><td>{value}</td>" in page
     for name in ev.PLOT_FILES.values():
         assert f'<img src="{name}"' in page
 
     # metrics.json agrees with an independent computation from predictions.csv and the manifest.
     predictions = pd.read_csv(out / "predictions.csv", dtype={"image_id": str})
     assert list(predictions["image_id"]) == sorted(predictions["image_id"], key=int)
-    manifest = ev.read_manifest(prepared)
+    manifest = load_manifest(prepared)
     manifest = manifest.assign(image_id=manifest["image_id"].astype(str)).set_index("image_id")
-    votes = manifest.loc[predictions["image_id"], ev.VOTE_COLUMNS].to_numpy(dtype=float)
+    votes = manifest.loc[predictions["image_id"], VOTE_COLUMNS].to_numpy(dtype=float)
     true_p = votes / votes.sum(axis=1, keepdims=True)
     pred_p = predictions[[f"p{i}" for i in range(1, 11)]].to_numpy()
     scores = np.arange(1, 11)
@@ -359,7 +358,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from beholder.models import Architecture, build_nima, save_checkpoint
     from beholder.preprocessing import Preprocessing
 
-    _require(MOBILENET_025 / "mobilenet_2_5_224_tf_no_top.h5")
+    asset("weights/keras_mobilenet_v1_0.25/mobilenet_2_5_224_tf_no_top.h5")
     torch.manual_seed(0)
     model = build_nima(
         Architecture(backbone="keras_mobilenet_v1", alpha=0.25, dropout=0.75),
@@ -431,8 +430,8 @@ def test_user_labels_with_mean_only(tmp_path, tiny_checkpoint, capsys):
 def test_id_order_is_total_and_never_crashes():
     # "²".isdigit() is True but int("²") raises; "9" and "09" used to tie (order left to the input).
     ids = ["b", "10", "\u00b2", "9", "09"]
-    assert sorted(ids, key=ev._id_key) == ["09", "9", "10", "b", "\u00b2"]
-    assert sorted(reversed(ids), key=ev._id_key) == sorted(ids, key=ev._id_key)
+    assert sorted(ids, key=id_key) == ["09", "9", "10", "b", "\u00b2"]
+    assert sorted(reversed(ids), key=id_key) == sorted(ids, key=id_key)
 
 
 def test_user_labels_with_vote_counts_and_paths(tmp_path):
@@ -486,3 +485,38 @@ def test_published_results_are_labelled_with_their_test_sets():
     assert "random" in by_method["NIMA (MobileNet), idealo"].test_set
     assert all(r.test_set for r in ev.PUBLISHED_RESULTS)
     assert len(ev.published_results_table()) == len(ev.PUBLISHED_RESULTS)
+
+
+def test_fine_tuned_checkpoint_provenance_and_tails_through_the_cli(tmp_path, tiny_checkpoint, capsys):
+    import torch
+
+    from beholder.models import load_checkpoint, save_checkpoint
+
+    model, _ = load_checkpoint(tiny_checkpoint)
+    provenance = {"trained_with": "beholder train", "init": {"model": "nima-mobilenet-idealo"}}
+    checkpoint = save_checkpoint(tmp_path / "tuned.pt", model, provenance=provenance)
+    assert torch.load(checkpoint, weights_only=True)["provenance"] == provenance
+    _photos(tmp_path / "photos", ["low.jpg", "mid.jpg", "high.jpg", "mid2.jpg"])
+    (tmp_path / "labels.csv").write_text("id,mean\nlow,2.5\nmid,5\nhigh,8.5\nmid2,6\n")
+    out = tmp_path / "eval"
+    args = ["--images", str(tmp_path / "photos"), "--labels", str(tmp_path / "labels.csv"), "--no-progress"]
+    code = main(
+        ["evaluate", "--checkpoint", str(checkpoint), *args, "--out", str(out), "--tail-thresholds", "3", "8"]
+    )
+    assert code == 0
+    capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["provenance"] == provenance
+    assert metrics["tail_thresholds"] == [3.0, 8.0]
+    assert [metrics["tails"][r]["n"] for r in ("lower", "middle", "upper")] == [1, 2, 1]
+    assert metrics["examples"] == {"lower": ["low"], "middle": ["mid", "mid2"], "upper": ["high"]}
+    assert metrics["tails"]["lower"]["emd"] is None  # mean-only labels: no distributions
+    rows = _read_csv(out / "predictions.csv")
+    assert all(row["true_p1"] == "" for row in rows)  # no true distribution to write
+    report = (out / "report.md").read_text()
+    assert (
+        "fine-tuned from: `nima-mobilenet-idealo`" in report
+        and "| init.model | nima-mobilenet-idealo |" in report
+    )
+    assert "| lower tail | < 3 | 1 |" in report
+    assert (out / ev.PLOT_FILES["examples"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from beholder import metrics
+from beholder import metrics, ratings
 
 SCORES = list(range(1, 11))
 
@@ -59,12 +59,12 @@ def no_warnings():
 def test_distribution_mean_and_std_match_explicit_sums():
     rng = np.random.default_rng(1)
     p = _random_distributions(rng, 20)
-    np.testing.assert_allclose(metrics.distribution_mean(p), [_ref_mean(row) for row in p], rtol=1e-12)
-    np.testing.assert_allclose(metrics.distribution_std(p), [_ref_std(row) for row in p], rtol=1e-10)
+    np.testing.assert_allclose(ratings.distribution_mean(p), [_ref_mean(row) for row in p], rtol=1e-12)
+    np.testing.assert_allclose(ratings.distribution_std(p), [_ref_std(row) for row in p], rtol=1e-10)
     point = np.zeros(10)
     point[6] = 1.0  # all votes on 7
-    assert metrics.distribution_mean(point) == 7.0
-    assert metrics.distribution_std(point) == 0.0  # clipped, never sqrt of a tiny negative
+    assert ratings.distribution_mean(point) == 7.0
+    assert ratings.distribution_std(point) == 0.0  # clipped, never sqrt of a tiny negative
 
 
 def test_emd_matches_explicit_loop_and_scipy_wasserstein():
@@ -175,3 +175,48 @@ def test_summarize_matches_independent_computation():
     for key, value in expected.items():
         assert result[key] == pytest.approx(float(value), rel=1e-9, abs=1e-12), key
     assert all(isinstance(v, (int, float)) for v in result.values())  # plain Python numbers (JSON-ready)
+
+
+def test_summarize_with_mean_only_labels(no_warnings):
+    rng = np.random.default_rng(9)
+    pred_p = _random_distributions(rng, 12)
+    true_mean = rng.uniform(2, 9, 12)
+    result = metrics.summarize(None, pred_p, true_mean=true_mean)
+    pm = np.array([_ref_mean(r) for r in pred_p])
+    assert set(result) == set(metrics.SUMMARY_KEYS)
+    assert math.isnan(result["emd"]) and math.isnan(result["lcc_std"]) and math.isnan(result["srcc_std"])
+    assert result["mae_mean"] == pytest.approx(np.mean(np.abs(pm - true_mean)), rel=1e-12)
+    assert result["srcc_mean"] == pytest.approx(_ref_spearman(true_mean, pm), rel=1e-12)
+    true_std = rng.uniform(1, 2, 12)
+    with_std = metrics.summarize(None, pred_p, true_mean=true_mean, true_std=true_std)
+    assert with_std["lcc_std"] == pytest.approx(np.corrcoef(true_std, [_ref_std(r) for r in pred_p])[0, 1])
+    with pytest.raises(ValueError, match="true means"):
+        metrics.summarize(None, pred_p)
+
+
+def test_empty_set_gives_nan_without_warnings(no_warnings):
+    empty = np.zeros((0, 10))
+    result = metrics.summarize(empty, empty)
+    assert result["n"] == 0
+    assert all(math.isnan(result[key]) for key in metrics.SUMMARY_KEYS if key != "n")
+
+
+def test_tail_ranges_include_the_thresholds_in_the_middle():
+    masks = metrics.tail_masks(np.array([3.49, 3.5, 5.0, 7.2, 7.21]))
+    assert masks["lower"].tolist() == [True, False, False, False, False]
+    assert masks["middle"].tolist() == [False, True, True, True, False]
+    assert masks["upper"].tolist() == [False, False, False, False, True]
+    assert metrics.TAIL_THRESHOLDS == (3.5, 7.2)
+
+
+def test_importing_metrics_does_not_import_scipy():
+    import subprocess
+    import sys
+
+    code = "import sys, beholder.metrics; print('scipy' in sys.modules)"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "False"
+    )

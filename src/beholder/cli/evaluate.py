@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, Optional
 
 from beholder.cli._common import add_model_arguments, scorer_from_args
 
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--labels",
         metavar="CSV",
-        help="ratings of the photos in --images: id or path, and votes_1..votes_10 / c1..c10 or mean",
+        help="ratings of the photos in --images: id or path, and votes_1..votes_10 / c1..c10, p1..p10 or mean",
     )
     parser.add_argument(
         "--split",
@@ -38,14 +39,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="image decoding threads (default: CPUs)")
+    parser.add_argument(
+        "--tail-thresholds",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="true means below LOW and above HIGH are the tails measured apart (default: 3.5 7.2)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from beholder import evaluate as ev
+    from beholder import evaluation as ev
     from beholder.errors import ConfigError
+    from beholder.metrics import TAIL_THRESHOLDS
 
     if args.images and not args.labels:
         raise ConfigError("--images needs --labels CSV")
@@ -53,14 +63,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--labels goes with --images DIR (for --data the labels are in the manifest)")
     if args.images and args.split != "test":
         raise ConfigError("--split applies to --data; --images/--labels evaluates every rated photo")
+    tails = ev.check_tail_thresholds(args.tail_thresholds or TAIL_THRESHOLDS)
     # Read and check the data before loading the model: a wrong path should fail in milliseconds.
     if args.data:
-        data = ev.read_manifest(args.data)
+        from beholder.data.manifest import load_manifest
+
+        data = load_manifest(args.data)
         ev.labels_from_manifest(data, args.split)
         data_label = args.data
     else:
         data = ev.load_user_labels(args.images, args.labels)
         data_label = args.labels
+    ev.check_out_dir(args.out)
+    check_device(args.device)
     scorer = scorer_from_args(args, batch_size=args.batch_size, workers=args.workers)
     metrics = ev.evaluate(
         scorer,
@@ -70,15 +85,53 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         plots=not args.no_plots,
         data_label=data_label,
+        tail_thresholds=tails,
+        provenance=checkpoint_provenance(args.checkpoint) if args.checkpoint else None,
     )
     if metrics["n_failed"]:
         print(
-            f"beholder evaluate: WARNING: {metrics['n_failed']} image(s) could not be decoded and were "
+            f"beholder evaluate: WARNING: {metrics['n_failed']} image(s) could not be scored and were "
             f"excluded from the metrics; see {args.out}/failures.csv",
             file=sys.stderr,
         )
     print(summary_line(metrics, args.out))
     return 1 if metrics["n_failed"] else 0
+
+
+def check_device(device: Optional[str]) -> None:
+    """A ConfigError (one line, exit 2) for a device that is not a torch device or not present."""
+    if device is None:
+        return
+    import torch
+
+    from beholder.errors import ConfigError
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"--device {device}: Apple's MPS is not available on this machine; use --device cpu"
+        )
+
+
+def checkpoint_provenance(path: str) -> Optional[dict[str, Any]]:
+    """A checkpoint's ``provenance`` (where its weights came from, what it was fine-tuned from)."""
+    from beholder.models.checkpoint import read_checkpoint
+
+    payload = read_checkpoint(path)
+    provenance = dict(payload.get("provenance") or {})
+    if payload.get("init") and "init" not in provenance:  # a fine-tuned model's starting point
+        provenance["init"] = payload["init"]
+    return provenance or None
 
 
 def summary_line(metrics: dict, out_dir: str) -> str:

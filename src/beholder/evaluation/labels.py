@@ -1,0 +1,304 @@
+"""Labels to evaluate against: from a prepared manifest, or from a user's CSV of rated photos.
+
+Both sources give one normalised *labels frame*, sorted by image id: ``image_id`` (text),
+``path``, then either the true distribution ``true_p1..true_p10`` (from vote counts or given
+probabilities) or only ``true_mean`` (and maybe ``true_std``), and always ``true_mean`` and
+``true_std``. Rows whose ratings are unusable (non-finite, negative, all zero, a mean outside
+1..10) are rejected together in one error that lists each row and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from beholder.errors import ConfigError
+from beholder.files import PathLike
+from beholder.ratings import NUM_BINS, PROBABILITY_COLUMNS, VOTE_COLUMNS, mean_std, votes_to_distribution
+
+if TYPE_CHECKING:  # pandas is an optional dependency ("data" extra); imported where used
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+#: The manifest splits evaluation can select, and ``all``.
+EVALUATION_SPLITS = ("train", "val", "test", "all")
+#: Columns of the true distribution in the labels frame and in predictions.csv.
+TRUE_PROBABILITY_COLUMNS = [f"true_{column}" for column in PROBABILITY_COLUMNS]
+#: How many rejected rows an error message lists before "and N more".
+SHOWN_REJECTIONS = 10
+
+
+def id_text(value: Any) -> str:
+    """An image id as text (a user's ids can be file names); integral floats from CSVs lose ".0"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def id_key(text: str) -> tuple[int, int, str]:
+    """Sort key: numeric ids (AVA's) as numbers, the others after them as text.
+
+    isdecimal, not isdigit: int() rejects digits such as "²". The text breaks ties ("7" and "07")
+    so that the order is total.
+    """
+    return (0, int(text), text) if text.isdecimal() else (1, 0, text)
+
+
+def has_distributions(labels: pd.DataFrame) -> bool:
+    """Whether the labels carry true distributions (so EMD and std correlations can be computed)."""
+    return TRUE_PROBABILITY_COLUMNS[0] in labels.columns
+
+
+def labels_from_manifest(manifest: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Select ``split`` (or ``all``) of a manifest (:func:`beholder.data.manifest.load_manifest`)."""
+    import pandas as pd
+
+    if split not in EVALUATION_SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(EVALUATION_SPLITS)}")
+    missing = [c for c in ["image_id", "split", "source_path", *VOTE_COLUMNS] if c not in manifest.columns]
+    if missing:
+        raise ConfigError(f"manifest lacks columns {missing}; was it written by `beholder ava prepare`?")
+    rows = manifest if split == "all" else manifest[manifest["split"] == split]
+    if rows.empty:
+        available = sorted(str(s) for s in manifest["split"].dropna().unique())
+        raise ConfigError(f"split {split!r} has no images in the manifest (splits present: {available})")
+    frame = pd.DataFrame(
+        {"image_id": [id_text(v) for v in rows["image_id"]], "path": [str(p) for p in rows["source_path"]]}
+    )
+    votes = rows[VOTE_COLUMNS].to_numpy(dtype=np.float64)  # (N, 10)
+    return _finish_labels(frame, "manifest", votes=votes)
+
+
+def _first_present(columns: Sequence[str], candidates: Sequence[str]) -> Optional[str]:
+    lowered = {c.lower(): c for c in columns}
+    return next((lowered[c] for c in candidates if c in lowered), None)
+
+
+def _rating_columns(labels_csv: Path, columns: list[str]) -> tuple[Optional[str], list[str]]:
+    """("votes" | "probabilities" | "mean", the CSV columns that hold it)."""
+    for kind, names in (
+        ("votes", VOTE_COLUMNS),
+        ("votes", [f"c{i}" for i in range(1, NUM_BINS + 1)]),
+        ("probabilities", PROBABILITY_COLUMNS),
+    ):
+        found = [_first_present(columns, [name]) for name in names]
+        if all(found):
+            return kind, found
+    mean_column = _first_present(columns, ["mean", "mean_score"])
+    if mean_column is None:
+        raise ConfigError(
+            f"{labels_csv}: needs vote counts (votes_1..votes_10 or c1..c10), a distribution (p1..p10) "
+            f"or a 'mean' column; found {columns}"
+        )
+    return "mean", [mean_column]
+
+
+def load_user_labels(images_dir: PathLike, labels_csv: PathLike) -> pd.DataFrame:
+    """Read a user's ratings of their own photos into the normalised labels frame.
+
+    The CSV names each photo by ``path``/``file``/``filename`` (relative to ``images_dir`` or,
+    failing that, to the CSV's folder; or absolute) or by ``id``/``image_id`` (a file name, relative
+    path or stem under ``images_dir``, searched recursively), and rates it by vote counts
+    ``votes_1..votes_10`` or ``c1..c10`` (AVA's form), by a distribution ``p1..p10``, or by a
+    ``mean`` (or ``mean_score``) on 1..10, optionally with a ``std``. Rows without any rating are
+    skipped with a warning; a photo named but not found is an error.
+    """
+    import pandas as pd
+
+    images_dir, labels_csv = Path(images_dir), Path(labels_csv)
+    if not images_dir.is_dir():
+        raise ConfigError(f"--images: not a directory: {images_dir}")
+    if not labels_csv.is_file():
+        raise ConfigError(f"--labels: file not found: {labels_csv}")
+    try:
+        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=True)
+    except Exception as exc:  # pandas raises several parser error types
+        raise ConfigError(f"{labels_csv}: not a readable CSV ({exc})") from exc
+    columns = list(table.columns)
+    path_column = _first_present(columns, ["path", "file", "filename"])
+    id_column = _first_present(columns, ["image_id", "id"])
+    if path_column is None and id_column is None:
+        raise ConfigError(f"{labels_csv}: needs an 'id', 'image_id' or 'path' column; found {columns}")
+    kind, rating_columns = _rating_columns(labels_csv, columns)
+
+    def numbers(column: str) -> np.ndarray:
+        values = pd.to_numeric(table[column].str.strip(), errors="coerce")
+        bad = table[column].notna() & values.isna()
+        if bad.any():
+            raise ConfigError(
+                f"{labels_csv}: column {column!r} has non-numbers, e.g. {table[column][bad].iloc[0]!r}"
+            )
+        return values.to_numpy(dtype=np.float64)
+
+    ratings = np.stack([numbers(c) for c in rating_columns], axis=1)  # (N, 10) or (N, 1)
+    rated = ~np.isnan(ratings).all(axis=1)
+    partial = rated & np.isnan(ratings).any(axis=1)
+    if partial.any():
+        raise ConfigError(
+            f"{labels_csv}: row {int(np.argmax(partial)) + 2} has only some of {rating_columns}"
+        )
+    if not rated.all():
+        logger.warning(
+            "%s: %d of %d rows have no rating; skipped", labels_csv, int((~rated).sum()), len(table)
+        )
+    if not rated.any():
+        raise ConfigError(f"{labels_csv}: no row has a rating")
+
+    rows = np.flatnonzero(rated)
+    ids, paths = _locate_photos(table, rows, path_column, id_column, images_dir, labels_csv)
+    frame = pd.DataFrame({"image_id": ids, "path": paths})
+    csv_rows = [int(row) + 2 for row in rows]  # the header is line 1
+    if kind == "mean":
+        std_column = _first_present(columns, ["std", "std_score"])
+        std = numbers(std_column)[rated] if std_column else None
+        return _finish_labels(frame, str(labels_csv), means=ratings[rated, 0], stds=std, csv_rows=csv_rows)
+    if kind == "probabilities":
+        return _finish_labels(frame, str(labels_csv), probabilities=ratings[rated], csv_rows=csv_rows)
+    return _finish_labels(frame, str(labels_csv), votes=ratings[rated], csv_rows=csv_rows)
+
+
+def _locate_photos(
+    table: pd.DataFrame,
+    rows: np.ndarray,
+    path_column: Optional[str],
+    id_column: Optional[str],
+    images_dir: Path,
+    labels_csv: Path,
+) -> tuple[list[str], list[str]]:
+    """(image ids, file paths) of the rated ``rows``; every named photo must exist."""
+    index: Optional[dict[str, str]] = None  # built on the first id lookup: it lists images_dir
+    ids, paths, missing = [], [], []
+    for row in rows:
+        given_path = table[path_column].iloc[row] if path_column is not None else None
+        given_id = table[id_column].iloc[row] if id_column is not None else None
+        if isinstance(given_path, str) and given_path.strip():
+            name = given_path.strip()
+            # relative to --images, else to the CSV's own folder (a CSV kept beside an images/ dir)
+            candidates = (
+                [Path(name)] if Path(name).is_absolute() else [images_dir / name, labels_csv.parent / name]
+            )
+            found = next((str(c) for c in candidates if c.is_file()), None)
+        elif isinstance(given_id, str) and given_id.strip():
+            name = id_text(given_id)
+            index = _image_index(images_dir) if index is None else index
+            found = index.get(name)
+            if found == "":
+                raise ConfigError(f"{labels_csv}: id {name!r} matches several files in {images_dir}")
+        else:
+            raise ConfigError(f"{labels_csv}: row {row + 2} names no image")
+        if found is None:
+            missing.append(name)
+        paths.append(found)
+        ids.append(id_text(given_id) if isinstance(given_id, str) and given_id.strip() else name)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ConfigError(f"{len(missing)} rated image(s) not found in {images_dir}: {shown}")
+    return ids, paths
+
+
+def _image_index(images_dir: Path) -> dict[str, str]:
+    """Relative path, file name and stem -> path, for every image under ``images_dir``.
+
+    An ambiguous key (two files with one stem) maps to "" so that using it is an error.
+    """
+    from beholder.inference import expand_inputs
+
+    index: dict[str, str] = {}
+    for text in expand_inputs([images_dir]):
+        path = Path(text)
+        keys = {path.relative_to(images_dir).as_posix(), path.name, path.stem}
+        for key in keys:
+            index[key] = "" if key in index and index[key] != text else text
+    return index
+
+
+def _distribution_problems(values: np.ndarray, what: str) -> list[Optional[str]]:
+    """Per row of (N, 10) counts or probabilities: why it is no distribution, or None."""
+    problems: list[Optional[str]] = []
+    for row in values:
+        if not np.isfinite(row).all():
+            bad = row[~np.isfinite(row)][0]
+            problems.append(f"a {what} is not a finite number ({bad})")
+        elif (row < 0).any():
+            problems.append(f"a {what} is negative")
+        elif not row.sum() > 0:
+            problems.append(
+                f"every {what} is zero (no votes)" if what == "vote count" else f"every {what} is zero"
+            )
+        else:
+            problems.append(None)
+    return problems
+
+
+def _mean_problems(means: np.ndarray, stds: Optional[np.ndarray]) -> list[Optional[str]]:
+    problems: list[Optional[str]] = []
+    for i, mean in enumerate(means):
+        std = None if stds is None else stds[i]
+        if not (np.isfinite(mean) and 1.0 <= mean <= 10.0):
+            problems.append(f"mean score {mean} is outside 1..10")
+        elif std is not None and not np.isnan(std) and not (np.isfinite(std) and std >= 0):
+            problems.append(f"std {std} is not a finite non-negative number")
+        else:
+            problems.append(None)
+    return problems
+
+
+def _reject(
+    source: str, frame: pd.DataFrame, problems: list[Optional[str]], csv_rows: Optional[list[int]]
+) -> None:
+    """Raise one ConfigError listing every row with a problem (the first few, then a count)."""
+    bad = [i for i, problem in enumerate(problems) if problem is not None]
+    if not bad:
+        return
+    where = [
+        (
+            f"row {csv_rows[i]} (image {frame['image_id'].iloc[i]!r})"
+            if csv_rows
+            else f"image {frame['image_id'].iloc[i]!r}"
+        )
+        + f": {problems[i]}"
+        for i in bad[:SHOWN_REJECTIONS]
+    ]
+    more = f"; and {len(bad) - SHOWN_REJECTIONS} more" if len(bad) > SHOWN_REJECTIONS else ""
+    raise ConfigError(f"{source}: {len(bad)} row(s) rejected: " + "; ".join(where) + more)
+
+
+def _finish_labels(
+    frame: pd.DataFrame,
+    source: str,
+    *,
+    votes: Optional[np.ndarray] = None,
+    probabilities: Optional[np.ndarray] = None,
+    means: Optional[np.ndarray] = None,
+    stds: Optional[np.ndarray] = None,
+    csv_rows: Optional[list[int]] = None,
+) -> pd.DataFrame:
+    """Validate every row, derive the true distribution, mean and std, and sort by image id."""
+    duplicated = frame["image_id"][frame["image_id"].duplicated()]
+    if not duplicated.empty:
+        raise ConfigError(f"{source}: image id {duplicated.iloc[0]!r} appears more than once")
+    given = votes if votes is not None else probabilities
+    if given is not None:
+        _reject(
+            source,
+            frame,
+            _distribution_problems(given, "vote count" if votes is not None else "probability"),
+            csv_rows,
+        )
+        # Given probabilities are normalised too: rounded ones may sum to 0.999.
+        true_p = votes_to_distribution(given)  # (N, 10)
+        for column, values in zip(TRUE_PROBABILITY_COLUMNS, true_p.T):
+            frame[column] = values
+        frame["true_mean"], frame["true_std"] = mean_std(true_p)
+    else:
+        _reject(source, frame, _mean_problems(means, stds), csv_rows)
+        frame["true_mean"] = means
+        frame["true_std"] = stds if stds is not None else np.nan
+    ids = frame["image_id"].tolist()
+    order = sorted(range(len(ids)), key=lambda i: id_key(ids[i]))
+    return frame.iloc[order].reset_index(drop=True)
