@@ -144,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body[:100])
             self.wfile.flush()
-            self.server.release.wait(30)
+            self.server.release.wait()  # until the test ends: only the client can give up
             self.wfile.write(body[100:])
         else:
             self._send(body)
@@ -425,7 +425,7 @@ def test_usage_errors(tmp_path):
         download(ava_txt, tmp_path / "images", url_template="http://x.org/{id}.jpg", backoff=-1.0)
 
 
-def _wait_for(condition, seconds: float = 20.0) -> None:
+def _wait_for(condition, seconds: float = 300.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -433,12 +433,12 @@ def _wait_for(condition, seconds: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def _start(tmp_path: Path, source: FakeSource, ids) -> tuple[Path, object]:
+def _start(tmp_path: Path, source: FakeSource, ids, timeout: float = 30) -> tuple[Path, object]:
     """A child `beholder ava download` in which ids marked "hang" stall half-way through their body."""
     ava_txt = _ava_txt(tmp_path / "AVA.txt", ids)
     out = tmp_path / "images"
     argv = ["ava", "download", "--ava-txt", str(ava_txt), "--out", str(out), "--workers", "2"]
-    argv += ["--url-template", source.base + "/img/{id}.jpg", "--timeout", "30", "--no-progress"]
+    argv += ["--url-template", source.base + "/img/{id}.jpg", "--timeout", str(timeout), "--no-progress"]
     return out, ava_subprocess(argv, cwd=tmp_path)
 
 
@@ -467,17 +467,18 @@ def test_killed_midway_then_resumed(tmp_path, source):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_stops_cleanly_and_writes_the_summary(tmp_path, source):
     source.behaviour.update({i: "hang" for i in range(7, 11)})
-    out, child = _start(tmp_path, source, range(1, 11))
+    # The hung bodies never end while the test runs, and the client's own timeout is far away: a
+    # child that waited for them would never exit (communicate's deadline is only a safety net).
+    out, child = _start(tmp_path, source, range(1, 11), timeout=3600)
     try:
         _wait_for(lambda: len(list(out.glob("*.jpg"))) == 6 and len(list(out.glob("*.part"))) == 2)
         child.send_signal(signal.SIGINT)
-        started = time.monotonic()
-        _, stderr = child.communicate(timeout=15)
-        stopped_in = time.monotonic() - started
+        _, stderr = child.communicate(timeout=600)
     finally:
         child.kill()
     assert child.returncode == 130, stderr
-    assert stopped_in < 5, "Ctrl-C must not wait for requests stuck on a silent server"
+    # It stopped while the server still held both requests open: it did not wait for them.
+    assert not source.release.is_set() and source.active == 2
     assert "interrupted" in stderr and "Traceback" not in stderr
     summary = json.loads((out / "download.json").read_text())
     assert summary["interrupted"] is True

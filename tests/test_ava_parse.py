@@ -8,16 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from beholder.data.ava import (
-    LABEL_COLUMNS,
-    ROW_REASONS,
-    assign_splits,
-    distribution_from_votes,
-    load_manifest,
-    parse_ava_txt,
-    read_image_list,
-)
+from beholder.data.ava import LABEL_COLUMNS, ROW_REASONS, assign_splits, parse_ava_txt, read_image_list
+from beholder.data.manifest import load_manifest
 from beholder.errors import ConfigError
+from beholder.ratings import votes_to_distribution as distribution_from_votes
 from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, require
 
 

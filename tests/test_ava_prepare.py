@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
 import json
 import math
 import os
 import shutil
+import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-import beholder.data.ava as ava
-from beholder.data.ava import IMAGE_REASONS, MANIFEST_COLUMNS, ROW_REASONS, load_manifest, prepare
+import beholder.data.prepare as prepare_module
+from beholder.data.ava import ROW_REASONS
+from beholder.data.manifest import MANIFEST_COLUMNS, load_manifest
+from beholder.data.prepare import IMAGE_REASONS, prepare
 from beholder.errors import ConfigError
 from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, ava_main, image_bytes, require, write_image
 
@@ -23,15 +27,15 @@ GOOD_VOTES = [1, 2, 5, 10, 20, 15, 8, 4, 2, 1]
 
 @pytest.fixture
 def count_decodes(monkeypatch):
-    """Count full decodes done by prepare (its workers call ava.open_image)."""
+    """Count full decodes done by prepare (its workers call prepare_module.open_image)."""
     calls = []
-    original = ava.open_image
+    original = prepare_module.open_image
 
     def counting(source, *args, **kwargs):
         calls.append(str(source))
         return original(source, *args, **kwargs)
 
-    monkeypatch.setattr(ava, "open_image", counting)
+    monkeypatch.setattr(prepare_module, "open_image", counting)
     return calls
 
 
@@ -236,9 +240,9 @@ def test_prepare_paths_are_relative_and_the_directory_can_move(tmp_path):
     for i in range(1, 6):
         write_image(data / "images" / f"{i}.jpg", 80, 80, seed=i)
     (data / "AVA.txt").write_text("\n".join(ava_line(i, i, GOOD_VOTES) for i in range(1, 6)) + "\n")
-    prepare(data / "AVA.txt", data / "images", data / "prepared", image_size=16, progress=False)
+    prepare(data / "AVA.txt", data / "images", data / "prepared", image_size=32, progress=False)
     raw = pd.read_parquet(data / "prepared" / "manifest.parquet")
-    assert raw["cache_path"].str.startswith("cache/16x16_q95_bilinear/").all()
+    assert raw["cache_path"].str.startswith("cache/32x32_q95_bilinear/").all()
     assert raw["source_path"].str.startswith("../images/").all()
 
     moved = tmp_path / "elsewhere"
@@ -314,25 +318,89 @@ def test_a_failure_midway_keeps_the_finished_images_for_the_rerun(tmp_path, monk
     (tmp_path / "AVA.txt").write_text("\n".join(lines) + "\n")
     for i in range(1, 9):
         write_image(images / f"{i}.jpg", seed=i)
-    original = ava._process_image
+    original = prepare_module._process_image
     done = []
 
     def failing(job):
         if len(done) == 5:
             raise OSError(28, "No space left on device")
-        done.append(job.image_id)
+        done.append(job.key)
         return original(job)
 
-    monkeypatch.setattr(ava, "_process_image", failing)
+    monkeypatch.setattr(prepare_module, "_process_image", failing)
     with pytest.raises(OSError, match="No space left"):
         prepare(tmp_path / "AVA.txt", images, out, val_fraction=0.0, workers=1, progress=False)
     assert not (out / "manifest.parquet").exists()
 
-    monkeypatch.setattr(ava, "_process_image", original)
+    monkeypatch.setattr(prepare_module, "_process_image", original)
     count_decodes.clear()
     summary = prepare(tmp_path / "AVA.txt", images, out, val_fraction=0.0, workers=1, progress=False)
-    # The results that reached the main thread before the failure (all but the one in flight) are kept.
-    assert summary["images"]["reused"] >= 4
+    # Every image finished before the failure is kept (one worker: the five before the failing one).
+    assert summary["images"]["reused"] >= 5
     assert summary["images"]["processed"] + summary["images"]["reused"] == 8
     assert len(count_decodes) == summary["images"]["processed"]
     assert sorted(load_manifest(out)["image_id"]) == list(range(1, 9))
+
+
+class _RunningFuture(cf.Future):
+    """A job that is already running when its sibling fails: it cannot be cancelled, and it
+    finishes (with ``value``) at the moment the caller tries to cancel it."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+        self.set_running_or_notify_cancel()
+
+    def cancel(self) -> bool:
+        if not self.done():
+            self.set_result(self.value)
+        return False
+
+
+class _ScriptedExecutor(cf.Executor):
+    """Runs nothing: item "fail" fails at once, every other item is a _RunningFuture."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, fn, item):
+        self.submitted.append(item)
+        if item == "fail":
+            future = cf.Future()
+            future.set_exception(OSError(28, "No space left on device"))
+            return future
+        return _RunningFuture(f"result of {item}")
+
+
+def test_imap_bounded_keeps_the_results_of_jobs_running_when_one_fails():
+    """Deterministic: the sibling finishes after the failure has been seen, and is still yielded."""
+    executor = _ScriptedExecutor()
+    results = []
+    with pytest.raises(OSError, match="No space left"):
+        for item, result in prepare_module.imap_bounded(executor, str, ["fail", "b", "queued"], 2):
+            results.append((item, result))
+    assert results == [("b", "result of b")]
+    assert executor.submitted == ["fail", "b"]  # nothing new is submitted after a failure
+
+
+def test_imap_bounded_with_threads_yields_every_finished_sibling():
+    """Job 0 fails; jobs 1-3 are running and only finish once it has failed: all three are kept."""
+    failed = threading.Event()
+    running = [threading.Event() for _ in range(4)]
+
+    def job(n):
+        if n == 0:
+            assert all(event.wait(60) for event in running[1:])  # 1-3 are running: not cancellable
+            failed.set()
+            raise OSError(28, "No space left on device")
+        if n < 4:
+            running[n].set()
+        assert failed.wait(60)
+        return n * 10
+
+    results = {}
+    with cf.ThreadPoolExecutor(4) as pool, pytest.raises(OSError):
+        for item, value in prepare_module.imap_bounded(pool, job, range(8), 4):
+            results[item] = value
+    assert {1, 2, 3} <= set(results) and 0 not in results
+    assert results == {n: n * 10 for n in results}

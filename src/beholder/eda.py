@@ -23,18 +23,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from beholder import __version__
-from beholder.data import ava as _ava
-from beholder.data.ava import (
-    REJECTED_FILE,
-    SPLITS,
-    VOTE_COLUMNS,
-    PathLike,
-    _atomic_write,
-    load_manifest,
-    write_json,
-)
+from beholder.data.manifest import PREPARE_SUMMARY_FILE, SPLITS, load_manifest
+from beholder.data.prepare import REJECTED_FILE
 from beholder.errors import ConfigError, ImageLoadError
+from beholder.files import PathLike, atomic_write, atomic_write_text, write_json
 from beholder.imageio import open_image
+from beholder.ratings import THRESHOLD, VOTE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +53,7 @@ _STAT_KEYS = ("count", "mean", "std", "min", "q25", "q50", "q75", "max")
 _DPI = 100
 
 
-def describe(values: Union[Sequence[float], np.ndarray, pd.Series]) -> dict[str, Optional[float]]:
+def describe_column(values: Union[Sequence[float], np.ndarray, pd.Series]) -> dict[str, Optional[float]]:
     """count, mean, sample std (ddof=1), min, quartiles (linear) and max of ``values`` (NaNs dropped).
 
     Statistics that do not exist (std of one value, anything of none) are None.
@@ -101,11 +95,11 @@ def rating_ranges(
         "above": _share(above, total),
         "outer": _share(below | above, total),
         # AVA's binary "high quality" label (Murray et al. 2012; NIMA's accuracy at 5).
-        "above_5": _share(values > 5.0, total),
+        "above_5": _share(values > THRESHOLD, total),
     }
 
 
-def summarize(
+def summarize_manifest(
     manifest: pd.DataFrame, *, central: tuple[float, float] = (4.0, 7.0), top_k: int = 16
 ) -> dict[str, Any]:
     """The statistics of ``summary.json`` for a manifest DataFrame (see :func:`eda`)."""
@@ -113,15 +107,15 @@ def summarize(
     return {
         "n_images": len(manifest),
         "splits": {name: int((manifest["split"] == name).sum()) for name in SPLITS},
-        "n_votes": describe(manifest["n_votes"]),
-        "mean_rating": describe(manifest["mean"]),
-        "std_rating": describe(manifest["std"]),
-        "file_bytes": describe(manifest["file_bytes"]),
-        "width": describe(manifest["width"]),
-        "height": describe(manifest["height"]),
-        "aspect_ratio": describe(manifest["aspect_ratio"]),
+        "n_votes": describe_column(manifest["n_votes"]),
+        "mean_rating": describe_column(manifest["mean"]),
+        "std_rating": describe_column(manifest["std"]),
+        "file_bytes": describe_column(manifest["file_bytes"]),
+        "width": describe_column(manifest["width"]),
+        "height": describe_column(manifest["height"]),
+        "aspect_ratio": describe_column(manifest["aspect_ratio"]),
         "mean_rating_by_split": {
-            name: describe(manifest.loc[manifest["split"] == name, "mean"]) for name in SPLITS
+            name: describe_column(manifest.loc[manifest["split"] == name, "mean"]) for name in SPLITS
         },
         "modes": {str(k): int(v) for k, v in manifest["mode"].value_counts().items()},
         "rating_ranges": rating_ranges(manifest["mean"], central),
@@ -150,7 +144,7 @@ def _id_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _save(figure: Figure, path: Path) -> None:
     figure.tight_layout()
-    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=_DPI))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=_DPI))
 
 
 def _hist_with_box(
@@ -370,7 +364,7 @@ def eda(
         "beholder_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data_dir": str(data_dir.absolute()),
-        **summarize(manifest, central=(low, high), top_k=top_k),
+        **summarize_manifest(manifest, central=(low, high), top_k=top_k),
     }
     rejected_path = data_dir / REJECTED_FILE
     if rejected_path.is_file():
@@ -438,7 +432,7 @@ def _write_report(
     sample_table = sample[sample_columns].to_html(border=0, index=False, float_format=lambda v: f"{v:.3f}")
 
     prepare_note = ""
-    prepare_json = data_dir / _ava.SUMMARY_FILE
+    prepare_json = data_dir / PREPARE_SUMMARY_FILE
     if prepare_json.is_file():
         prepare_note = f"<p class='note'>Cleaning summary: {html.escape(str(prepare_json.absolute()))}</p>"
     rejected_html = (
@@ -499,4 +493,4 @@ def _write_report(
         _img(plots["worst"], "grid of the worst-rated images"),
         "</body></html>",
     ]
-    _atomic_write(path, lambda tmp: tmp.write_text("\n".join(parts) + "\n", encoding="utf-8"))
+    atomic_write_text(path, "\n".join(parts) + "\n")

@@ -159,7 +159,8 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from beholder.data.ava import MANIFEST_FILE, prepare
+    from beholder.data.manifest import MANIFEST_FILE
+    from beholder.data.prepare import prepare
 
     summary = prepare(
         args.ava_txt,
