@@ -404,3 +404,66 @@ def test_imap_bounded_with_threads_yields_every_finished_sibling():
             results[item] = value
     assert {1, 2, 3} <= set(results) and 0 not in results
     assert results == {n: n * 10 for n in results}
+
+
+def test_a_rerun_removes_temporaries_a_killed_run_left(tmp_path):
+    """kill -9 during a cache write leaves `.<name>.<random>.tmp`; nothing else can clean it up."""
+    (tmp_path / "AVA.txt").write_text(ava_line(1, 1, GOOD_VOTES) + "\n")
+    write_image(tmp_path / "images" / "1.jpg", seed=1)
+    out = tmp_path / "prepared"
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    cache_dir = out / "cache" / "32x32_q95_bilinear"
+    stale = [cache_dir / ".1.jpg.0123456789ab.tmp", out / ".manifest.parquet.ba9876543210.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    keep = cache_dir / "notes.tmp"  # not one of ours: not a hidden temporary
+    keep.write_bytes(b"x")
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    assert not any(path.exists() for path in stale)
+    assert keep.exists()
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["1.jpg", "notes.tmp"]
+
+
+def test_out_of_range_sizes_are_usage_errors_before_any_work(tmp_path, capsys):
+    (tmp_path / "AVA.txt").write_text(ava_line(1, 1, GOOD_VOTES) + "\n")
+    (tmp_path / "images").mkdir()
+    base = ["ava", "prepare", "--ava-txt", str(tmp_path / "AVA.txt"), "--images", str(tmp_path / "images")]
+    base += ["--out", str(tmp_path / "out"), "--no-progress"]
+    for option, value, words in [
+        ("--image-size", "100000", "image_size must be an integer in 32..2048, got 100000"),
+        ("--image-size", "8", "32..2048"),
+        ("--quality", "0", "jpeg_quality"),
+        ("--min-side", "0", "min_side"),
+        ("--workers", "100000", "workers"),
+    ]:
+        assert ava_main([*base, option, value]) == 2, option
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="image_size"):
+        prepare(tmp_path / "AVA.txt", tmp_path / "images", tmp_path / "out", image_size=(256, 4096))
+
+
+def test_an_unreadable_file_is_not_called_a_corrupt_image(tmp_path, monkeypatch):
+    import builtins
+
+    (tmp_path / "AVA.txt").write_text("\n".join(ava_line(i, i, GOOD_VOTES) for i in (1, 2)) + "\n")
+    for i in (1, 2):
+        write_image(tmp_path / "images" / f"{i}.jpg", seed=i)
+    locked = str(tmp_path / "images" / "2.jpg")
+    real_open = builtins.open
+
+    def open_denied(file, *args, **kwargs):  # what chmod 000 does for anyone but root
+        if str(file) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_denied)
+    out = tmp_path / "prepared"
+    summary = prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    monkeypatch.setattr(builtins, "open", real_open)
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert rejected["reason"].tolist() == ["unreadable_file"]
+    assert "Permission denied" in rejected["detail"].iloc[0]
+    assert "corrupt" not in rejected["detail"].iloc[0]
+    assert summary["rejected"]["unreadable_file"] == 1 and summary["rejected"]["corrupt_image"] == 0
+    assert load_manifest(out)["image_id"].tolist() == [1]
