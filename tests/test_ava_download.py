@@ -485,3 +485,19 @@ def test_ctrl_c_stops_cleanly_and_writes_the_summary(tmp_path, source):
     assert (summary["ok"], summary["failed"], summary["not_attempted"]) == (6, 0, 4)
     assert set(_complete(out)) == set(range(1, 7)) and not list(out.glob("*.part"))
     assert pd.read_csv(out / "failures.csv").empty
+
+
+def test_max_failed_fraction_makes_acceptable_failures_exit_0(tmp_path, source, capsys):
+    """AVA always has ids that are gone: a pipeline states how many it accepts, and goes on."""
+    source.behaviour.update({3: "404", 7: "404"})
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", range(1, 11))
+    base = ["ava", "download", "--ava-txt", str(ava_txt), "--out", str(tmp_path / "images"), "--no-progress"]
+    base += ["--url-template", source.base + "/img/{id}.jpg", "--timeout", "30", "--retries", "0"]
+    assert ava_main(base) == 1  # the default accepts no failure, as before
+    assert "2 failed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "images" / "download.json").read_text())["failed_fraction"] == 0.2
+    assert ava_main([*base, "--max-failed-fraction", "0.2"]) == 0  # 2 of 10: at the limit
+    assert ava_main([*base, "--max-failed-fraction", "0.1"]) == 1
+    assert "20.0% of the ids failed, over --max-failed-fraction" in capsys.readouterr().out
+    assert ava_main([*base, "--max-failed-fraction", "1.5"]) == 2
+    assert "--max-failed-fraction must be in 0..1" in capsys.readouterr().err

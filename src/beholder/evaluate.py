@@ -156,10 +156,10 @@ def _id_key(text: str) -> tuple[int, int, str]:
 def read_manifest(prepared_dir: Union[str, Path]) -> pd.DataFrame:
     """The manifest of a directory written by ``beholder ava prepare``, with absolute paths.
 
-    A thin wrapper over :func:`beholder.data.ava.load_manifest`, which fails loudly (ConfigError)
+    A thin wrapper over :func:`beholder.data.manifest.load_manifest`, which fails loudly (ConfigError)
     when the manifest is missing or lacks columns.
     """
-    from beholder.data.ava import load_manifest
+    from beholder.data.manifest import load_manifest
 
     return load_manifest(prepared_dir)
 

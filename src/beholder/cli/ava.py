@@ -60,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dl.add_argument(
         "--max-mb", type=float, default=50.0, help="fail an image larger than this many MB (default 50)"
     )
+    dl.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="exit 0 when at most this share (0..1) of the requested ids failed (default 0: any failure "
+        "exits 1); AVA always has some ids that are gone",
+    )
     dl.set_defaults(func=run_download)
 
     prep = commands.add_parser(
@@ -125,7 +133,10 @@ def _help(parser: argparse.ArgumentParser) -> int:
 def run_download(args: argparse.Namespace) -> int:
     from beholder.data.ava import read_image_list
     from beholder.data.download import FAILURES_FILE, download
+    from beholder.errors import ConfigError
 
+    if not 0.0 <= args.max_failed_fraction <= 1.0:
+        raise ConfigError(f"--max-failed-fraction must be in 0..1, got {args.max_failed_fraction}")
     ids = read_image_list(args.ids) if args.ids else None
     summary = download(
         args.ava_txt,
@@ -155,7 +166,13 @@ def run_download(args: argparse.Namespace) -> int:
     print(line)
     if summary["aborted"]:
         print(f"beholder ava download: {summary['aborted']}")
-    return EXIT_PARTIAL if summary["failed"] or summary["aborted"] else EXIT_OK
+        return EXIT_PARTIAL
+    share = summary["failed_fraction"]
+    if share > args.max_failed_fraction:
+        if summary["failed"] and args.max_failed_fraction:
+            print(f"beholder ava download: {share:.1%} of the ids failed, over --max-failed-fraction")
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 def run_prepare(args: argparse.Namespace) -> int:
