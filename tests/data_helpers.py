@@ -19,12 +19,12 @@ AVA_SAMPLE = SHARED_ASSETS / "ava_sample"
 REAL_LABELS = AVA_SAMPLE / "labels" / "qiushiyang_nima"
 GENERIC_TEST = AVA_SAMPLE / "official_lists" / "aesthetics_image_lists" / "generic_test.jpgl"
 
-# Run the real CLI entry point with only the `ava` command registered: the other commands import
+# Run the real CLI entry point with only the data commands (`ava`, `prepare`) registered: the other commands import
 # torch when registering, which would cost seconds per subprocess and is not what these tests cover.
 # SIGINT is re-armed because a child of a non-interactive shell may start with it ignored.
 CLI_BOOTSTRAP = (
     "import signal, sys, beholder.cli as cli; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "cli.COMMAND_MODULES = ['beholder.cli.ava']; sys.exit(cli.main(sys.argv[1:]))"
+    "cli.COMMAND_MODULES = ['beholder.cli.ava', 'beholder.cli.prepare']; sys.exit(cli.main(sys.argv[1:]))"
 )
 
 
@@ -68,11 +68,11 @@ def random_votes(rng: np.random.Generator) -> list[int]:
 
 
 def ava_main(argv: Sequence[str]) -> int:
-    """``beholder`` main() in-process, with only the `ava` command registered."""
+    """``beholder`` main() in-process, with only the data commands registered."""
     import beholder.cli as cli
 
     saved = cli.COMMAND_MODULES
-    cli.COMMAND_MODULES = ["beholder.cli.ava"]
+    cli.COMMAND_MODULES = ["beholder.cli.ava", "beholder.cli.prepare"]
     try:
         return cli.main(list(argv))
     finally:

@@ -210,3 +210,23 @@ def test_single_image_report(tmp_path, capsys):
 def test_eda_does_not_import_torch():
     code = "import sys, beholder.eda, beholder.data.prepare; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_report_of_a_ratings_csv_manifest_without_vote_counts(tmp_path, capsys):
+    """Mean-only ratings have no vote counts and text ids: the report says so instead of crashing."""
+    from beholder.data.labels import prepare_labels
+
+    for i in range(5):
+        write_image(tmp_path / "photos" / f"{i}.jpg", 80, 64, seed=i)
+    (tmp_path / "ratings.csv").write_text(
+        "path,mean\n" + "".join(f"photos/{i}.jpg,{3 + i}\n" for i in range(5))
+    )
+    prepare_labels(
+        tmp_path / "ratings.csv", tmp_path / "prepared", image_size=32, min_side=32, progress=False
+    )
+    assert ava_main(["ava", "eda", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "eda")]) == 0
+    assert "no vote counts" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "eda" / "summary.json").read_text())
+    assert summary["n_votes"]["count"] == 0
+    assert summary["best"][0] == {"image_id": "photos/4.jpg", "mean": pytest.approx(7.0), "n_votes": None}
+    assert (tmp_path / "eda" / "report.html").is_file()

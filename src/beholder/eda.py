@@ -131,9 +131,22 @@ def _ranked(manifest: pd.DataFrame, top_k: int) -> tuple[pd.DataFrame, pd.DataFr
     return best, worst
 
 
+def _plain(value: Any) -> Any:
+    """A manifest value as plain JSON: AVA ids and counts as int, a user's ids as text, NaN as None."""
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
+        return None  # n_votes of ratings given as a distribution or a mean: unknown
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _votes_text(n_votes: Any) -> str:
+    return "" if pd.isna(n_votes) else f", {int(n_votes)} votes"
+
+
 def _id_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [
-        {"image_id": int(row.image_id), "mean": float(row.mean), "n_votes": int(row.n_votes)}
+        {"image_id": _plain(row.image_id), "mean": float(row.mean), "n_votes": _plain(row.n_votes)}
         for row in frame.itertuples(index=False)
     ]
 
@@ -151,6 +164,10 @@ def _hist_with_box(
     values: np.ndarray, path: Path, *, xlabel: str, title: str, marks: Sequence[float] = ()
 ) -> None:
     figure = Figure(figsize=(7, 4.5))
+    if len(values) == 0:  # e.g. no vote counts in a manifest of mean ratings
+        figure.text(0.5, 0.5, f"{title}: no values", ha="center", va="center")
+        _save(figure, path)
+        return
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     top.hist(values, bins=min(60, max(10, int(math.sqrt(len(values))))), color="#4c72b0", edgecolor="white")
     for mark in marks:
@@ -280,7 +297,7 @@ def _grid(frame: pd.DataFrame, path: Path, title: str) -> None:
             ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
         else:
             ax.imshow(pixels)
-        ax.set_title(f"{row.image_id}\nmean {row.mean:.2f}, {row.n_votes} votes", fontsize=8)
+        ax.set_title(f"{row.image_id}\nmean {row.mean:.2f}{_votes_text(row.n_votes)}", fontsize=8)
     figure.suptitle(title)
     _save(figure, path)
 
@@ -374,7 +391,7 @@ def eda(
 
     plots = {"n_votes": "n_votes.png", "mean_rating": "mean_rating.png", "std_vs_mean": "std_vs_mean.png"}
     _hist_with_box(
-        manifest["n_votes"].to_numpy(),
+        manifest["n_votes"].dropna().to_numpy(),  # none for ratings given as distributions or means
         out / plots["n_votes"],
         xlabel="number of ratings",
         title="Ratings per image",
