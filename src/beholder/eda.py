@@ -6,6 +6,9 @@ the sample standard deviation (ddof=1) and quartiles interpolate linearly.
 
 Plots are drawn on :class:`matplotlib.figure.Figure` objects directly (Agg canvas), so nothing here
 touches pyplot's global state or the process-wide backend.
+
+Slightly over 500 lines: the statistics, the plots that show them and the report that lays them
+out are one report, read together.
 """
 
 from __future__ import annotations

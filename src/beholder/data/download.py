@@ -9,6 +9,10 @@ A body is streamed to ``<id>.<random>.part`` in the output directory, must decod
 image (:func:`beholder.imageio.open_image`), and is then renamed to ``<id>.<ext>`` atomically: a
 final name always holds a complete image, so a rerun skips those and a killed run leaves only
 ``.part`` files, which the next run deletes. Outcomes go to ``download.json`` and ``failures.csv``.
+
+This module is longer than most (about 800 lines) because one concept, fetching untrusted bodies
+safely, needs its parts side by side: the scheme and redirect rules, the per-host limits, the size
+and time caps, the checks before an atomic rename, and the failure reasons they produce.
 """
 
 from __future__ import annotations
@@ -663,6 +667,39 @@ def _select_ids(
     return selected, unlabelled
 
 
+def _summary(
+    outcomes: dict[int, _Outcome],
+    selected: list[int],
+    unlabelled: int,
+    out: Path,
+    url_template: str,
+    page_mode: bool,
+    start: float,
+) -> dict[str, Any]:
+    """The counts and provenance of ``download.json`` (``interrupted`` and ``aborted`` are added by the caller)."""
+    failures = [o for o in outcomes.values() if o.status == "failed"]
+    status_counts = Counter(o.status for o in outcomes.values())
+    seconds = time.perf_counter() - start
+    return {
+        "beholder_version": __version__,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "out_dir": str(out),
+        "url_template": url_template,
+        "page_mode": page_mode,
+        "requested": len(selected),
+        "ok": status_counts["ok"],
+        "skipped": status_counts["skipped"],
+        "failed": status_counts["failed"],
+        "not_attempted": len(selected) - len(outcomes),
+        # Share of the requested ids that failed (ids not attempted are not counted as failed).
+        "failed_fraction": status_counts["failed"] / len(selected) if selected else 0.0,
+        "failures_by_reason": dict(sorted(Counter(o.reason for o in failures).items())),
+        "ids_without_label": unlabelled,
+        "bytes_downloaded": sum(o.nbytes for o in outcomes.values()),
+        "seconds": round(seconds, 3),
+    }
+
+
 def download(
     ava_txt: Optional[PathLike],
     out_dir: PathLike,
@@ -759,28 +796,8 @@ def download(
         if image_id not in outcomes and image_id in present and image_id not in worker.existing:
             outcomes[image_id] = _Outcome(image_id, "ok")
     failures = [o for o in outcomes.values() if o.status == "failed"]
-    status_counts = Counter(o.status for o in outcomes.values())
-    seconds = time.perf_counter() - start
-    summary: dict[str, Any] = {
-        "beholder_version": __version__,
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "out_dir": str(out),
-        "url_template": url_template,
-        "page_mode": page_mode,
-        "requested": len(selected),
-        "ok": status_counts["ok"],
-        "skipped": status_counts["skipped"],
-        "failed": status_counts["failed"],
-        "not_attempted": len(selected) - len(outcomes),
-        # Share of the requested ids that failed (ids not attempted are not counted as failed).
-        "failed_fraction": status_counts["failed"] / len(selected) if selected else 0.0,
-        "failures_by_reason": dict(sorted(Counter(o.reason for o in failures).items())),
-        "ids_without_label": unlabelled,
-        "bytes_downloaded": sum(o.nbytes for o in outcomes.values()),
-        "seconds": round(seconds, 3),
-        "interrupted": interrupted,
-        "aborted": aborted,
-    }
+    summary = _summary(outcomes, selected, unlabelled, out, url_template, page_mode, start)
+    summary.update(interrupted=interrupted, aborted=aborted)
     frame = pd.DataFrame(
         [(o.image_id, o.reason, o.detail, o.url) for o in sorted(failures, key=lambda o: o.image_id)],
         columns=FAILURES_COLUMNS,
