@@ -12,7 +12,8 @@ from beholder.data.ava import LABEL_COLUMNS, ROW_REASONS, assign_splits, parse_a
 from beholder.data.manifest import load_manifest
 from beholder.errors import ConfigError
 from beholder.ratings import votes_to_distribution as distribution_from_votes
-from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, require
+from conftest import asset
+from data_helpers import GENERIC_TEST, REAL_LABELS_VAL, ava_line
 
 
 def _reference(line: str) -> dict:
@@ -26,8 +27,8 @@ def _reference(line: str) -> dict:
 
 
 def test_real_rows_parse_with_correct_statistics():
-    lines = require(REAL_LABELS / "val.txt").read_text().splitlines()
-    labels, rejected = parse_ava_txt(REAL_LABELS / "val.txt")
+    lines = asset(REAL_LABELS_VAL).read_text().splitlines()
+    labels, rejected = parse_ava_txt(asset(REAL_LABELS_VAL))
     assert rejected.empty
     assert list(labels.columns) == LABEL_COLUMNS
     assert len(labels) == len([line for line in lines if line.strip()])
@@ -159,7 +160,7 @@ def test_read_image_list(tmp_path):
 
 
 def test_official_generic_test_list():
-    ids = read_image_list(require(GENERIC_TEST))
+    ids = read_image_list(asset(GENERIC_TEST))
     assert len(ids) == 20000 and all(isinstance(i, int) for i in ids)
 
 

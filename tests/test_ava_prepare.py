@@ -20,7 +20,8 @@ from beholder.data.ava import ROW_REASONS
 from beholder.data.manifest import MANIFEST_COLUMNS, load_manifest
 from beholder.data.prepare import IMAGE_REASONS, prepare
 from beholder.errors import ConfigError
-from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, ava_main, image_bytes, require, write_image
+from conftest import asset
+from data_helpers import GENERIC_TEST, REAL_LABELS_VAL, ava_line, ava_main, image_bytes, write_image
 
 GOOD_VOTES = [1, 2, 5, 10, 20, 15, 8, 4, 2, 1]
 
@@ -40,8 +41,8 @@ def count_decodes(monkeypatch):
 
 
 def test_manifest_from_real_rows_matches_independent_computation(tmp_path, capsys):
-    lines = require(REAL_LABELS / "val.txt").read_text().splitlines()[:1200]
-    official_test = {int(x) for x in require(GENERIC_TEST).read_text().split()}
+    lines = asset(REAL_LABELS_VAL).read_text().splitlines()[:1200]
+    official_test = {int(x) for x in asset(GENERIC_TEST).read_text().split()}
     ava_txt = tmp_path / "AVA.txt"
     ava_txt.write_text("\n".join(lines) + "\n")
     all_ids = [int(line.split()[1]) for line in lines]
@@ -55,7 +56,16 @@ def test_manifest_from_real_rows_matches_independent_computation(tmp_path, capsy
 
     out = tmp_path / "prepared"
     argv = ["ava", "prepare", "--ava-txt", str(ava_txt), "--images", str(tmp_path / "images")]
-    argv += ["--out", str(out), "--test-list", str(GENERIC_TEST), "--val-fraction", "0.1", "--seed", "0"]
+    argv += [
+        "--out",
+        str(out),
+        "--test-list",
+        str(asset(GENERIC_TEST)),
+        "--val-fraction",
+        "0.1",
+        "--seed",
+        "0",
+    ]
     argv += ["--image-size", "32", "--workers", "2", "--no-progress"]
     assert ava_main(argv) == 0
     printed = capsys.readouterr().out
