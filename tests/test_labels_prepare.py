@@ -260,3 +260,83 @@ def test_summary_records_inputs_and_options(tmp_path):
     assert summary["options"]["image_size"] == [40, 40]
     with pytest.raises(ConfigError, match="default_std"):
         prepare_labels(tmp_path / "ratings.csv", tmp_path / "out", default_std=0)
+
+
+@pytest.mark.slow
+def test_300_mean_rated_photos_go_through_prepare_train_evaluate_and_score(tmp_path, monkeypatch, capsys):
+    """Issue 14's path for a domain user: a CSV of mean ratings, photos in a subfolder."""
+    import beholder.cli as cli
+    from conftest import asset
+    from train_helpers import TINY, brightness_to_mean, make_image
+
+    weights = asset("weights/keras_mobilenet_v1_0.25/mobilenet_2_5_224_tf_no_top.h5")
+    monkeypatch.setenv("BEHOLDER_WEIGHTS_PATH", str(weights.parent))
+    rng = np.random.default_rng(0)
+    rows = []
+    (tmp_path / "shop" / "photos").mkdir(parents=True)
+    for i in range(300):
+        brightness = float(rng.uniform(0, 1))
+        make_image(brightness, rng, 48).save(tmp_path / "shop" / "photos" / f"item_{i:03d}.jpg", quality=90)
+        rows.append(
+            {
+                "sku": f"SKU-{i:03d}",
+                "path": f"photos/item_{i:03d}.jpg",
+                "mean": brightness_to_mean(brightness),
+            }
+        )
+    pd.DataFrame(rows).rename(columns={"sku": "id"}).to_csv(tmp_path / "shop" / "ratings.csv", index=False)
+    prepared, run = tmp_path / "prepared", tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # paths resolve against the CSV's folder, not the working directory
+
+    best = str(run / "checkpoints" / "best.pt")
+    on_cpu = ["--device", "cpu", "--no-progress"]
+    photos = ["shop/photos/item_000.jpg", "shop/photos/item_001.jpg"]
+    steps = [
+        [
+            "prepare",
+            "--labels",
+            "shop/ratings.csv",
+            "--out",
+            str(prepared),
+            "--image-size",
+            "40",
+            "--min-side",
+            "32",
+        ],
+        [
+            "train",
+            "--data",
+            str(prepared),
+            "--out",
+            str(run),
+            *TINY,
+            "phase1.epochs=1",
+            "phase2.epochs=1",
+            "device=cpu",
+        ],
+        [
+            "evaluate",
+            "--checkpoint",
+            best,
+            "--data",
+            str(prepared),
+            "--out",
+            str(run / "eval"),
+            "--no-plots",
+            *on_cpu,
+        ],
+        ["score", "--checkpoint", best, "--format", "csv", *on_cpu, *photos],
+    ]
+    for argv in steps:
+        capsys.readouterr()
+        assert cli.main(argv) == 0, argv[0]
+    scored = capsys.readouterr().out
+    assert "item_000.jpg" in scored and "item_001.jpg" in scored
+
+    manifest = load_manifest(prepared)
+    assert len(manifest) == 300 and manifest["image_id"].str.startswith("SKU-").all()
+    predictions = pd.read_csv(run / "eval" / "predictions.csv")
+    test_ids = set(manifest.loc[manifest["split"] == "test", "image_id"])
+    assert set(predictions["image_id"]) == test_ids  # the shop's own ids in the evaluation output
+    truth = manifest.set_index("image_id").loc[predictions["image_id"], "mean"].to_numpy()
+    np.testing.assert_allclose(predictions["true_mean"].to_numpy(), truth, atol=1e-5)
