@@ -477,3 +477,18 @@ def test_an_unreadable_file_is_not_called_a_corrupt_image(tmp_path, monkeypatch)
     assert "corrupt" not in rejected["detail"].iloc[0]
     assert summary["rejected"]["unreadable_file"] == 1 and summary["rejected"]["corrupt_image"] == 0
     assert load_manifest(out)["image_id"].tolist() == [1]
+
+
+def test_a_state_file_from_before_text_keys_is_still_reused(tmp_path, count_decodes):
+    """Upgrading must not cost a full re-decode of 255k images: the old integer-keyed state loads."""
+    (tmp_path / "AVA.txt").write_text("\n".join(ava_line(i, i, GOOD_VOTES) for i in (1, 2, 3)) + "\n")
+    for i in (1, 2, 3):
+        write_image(tmp_path / "images" / f"{i}.jpg", seed=i)
+    out = tmp_path / "prepared"
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    state = pd.read_parquet(out / "prepare_state.parquet")
+    old = state.rename(columns={"key": "image_id"}).astype({"image_id": "int64"})
+    old.to_parquet(out / "prepare_state.parquet", index=False)
+    count_decodes.clear()
+    summary = prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    assert summary["images"] == {"processed": 0, "reused": 3} and count_decodes == []
