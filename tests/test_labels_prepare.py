@@ -340,3 +340,28 @@ def test_300_mean_rated_photos_go_through_prepare_train_evaluate_and_score(tmp_p
     assert set(predictions["image_id"]) == test_ids  # the shop's own ids in the evaluation output
     truth = manifest.set_index("image_id").loc[predictions["image_id"], "mean"].to_numpy()
     np.testing.assert_allclose(predictions["true_mean"].to_numpy(), truth, atol=1e-5)
+
+
+def test_hostile_paths_and_lines_get_clear_reasons(tmp_path):
+    import os
+
+    _photos(tmp_path, ["ok.jpg"])
+    (tmp_path / "folder.jpg").mkdir()
+    os.symlink(tmp_path / "loop_b.jpg", tmp_path / "loop_a.jpg")
+    os.symlink(tmp_path / "loop_a.jpg", tmp_path / "loop_b.jpg")
+    os.mkfifo(tmp_path / "fifo.jpg")
+    names = ["ok.jpg", "folder.jpg", "loop_a.jpg", "fifo.jpg", "/dev/zero", "gone.jpg"]
+    (tmp_path / "ratings.csv").write_text("path,mean\n" + "".join(f"{name},5\n" for name in names))
+    prepare_labels(tmp_path / "ratings.csv", tmp_path / "out", image_size=32, min_side=32, progress=False)
+    rejected = pd.read_csv(tmp_path / "out" / "rejected.csv").set_index("image_id")
+    assert rejected.loc["gone.jpg", "reason"] == "missing_file"
+    for name in ("folder.jpg", "fifo.jpg", "/dev/zero"):
+        assert rejected.loc[name, "reason"] == "unreadable_file"
+        assert rejected.loc[name, "detail"] == "not a regular file"
+    assert rejected.loc["loop_a.jpg", "reason"] == "unreadable_file"
+    assert "symbolic links" in rejected.loc["loop_a.jpg", "detail"]  # ELOOP, not "file not found"
+
+    with open(tmp_path / "ratings.csv", "wb") as handle:  # a "CSV" with no newline in 1 MB
+        handle.write(b"path,mean\n" + b"x" * (1 << 20))
+    with pytest.raises(ConfigError, match="line 2 is 1,048,576 bytes"):
+        prepare_labels(tmp_path / "ratings.csv", tmp_path / "out2", progress=False)

@@ -34,6 +34,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from beholder.data.ava import MAX_LINE_BYTES, bounded_lines
 from beholder.data.manifest import SPLITS
 from beholder.data.prepare import IMAGE_REASONS, cache_options, prepare_images, summary_base, write_prepared
 from beholder.errors import ConfigError
@@ -212,6 +213,17 @@ def _hash_splits(keys: list[str], seed: int, val_fraction: float, test_fraction:
     return splits
 
 
+def _check_line_lengths(path: Path) -> None:
+    """ConfigError for a line over MAX_LINE_BYTES: the CSV reader would hold a whole line in memory,
+    and no row of a path and ten numbers is that long (a file without newlines is not a ratings CSV)."""
+    with open(path, "rb") as handle:
+        for lineno, line, length in bounded_lines(handle):
+            if line is None:
+                raise ConfigError(
+                    f"{path}: line {lineno} is {length:,} bytes, over {MAX_LINE_BYTES:,}; not a ratings CSV"
+                )
+
+
 def read_ratings_csv(
     labels_csv: PathLike,
     images_dir: Path,
@@ -230,6 +242,7 @@ def read_ratings_csv(
     path = Path(labels_csv)
     if not path.is_file():
         raise ConfigError(f"ratings CSV not found: {path}")
+    _check_line_lengths(path)
     try:
         frame = pd.read_csv(
             path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True
@@ -393,6 +406,7 @@ def prepare_labels(
     ]
     results = prepare_images(sources, out, options, progress=progress)
 
+    labels["key"] = labels["key"].astype(str)
     manifest = labels.drop(columns=["file"]).merge(
         results.images, on="key", how="inner", validate="one_to_one"
     )

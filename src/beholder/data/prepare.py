@@ -408,8 +408,11 @@ def prepare_images(
     for key, source, cache_name in sources:
         try:
             stat = source.stat() if source is not None else None
-        except OSError:  # a dangling link, a vanished file
+        except FileNotFoundError:  # a vanished file, a dangling link
             stat = None
+        except OSError as exc:  # a symlink loop, a directory we may not search, an I/O error
+            rejections.append((key, "unreadable_file", f"cannot read the file: {exc.strerror or exc}"))
+            continue
         if stat is None:
             rejections.append((key, "missing_file", missing_detail(key)))
             continue
@@ -457,7 +460,7 @@ def prepare_images(
                     "format": entry["format"],
                 }
             )
-    images = pd.DataFrame(usable, columns=IMAGE_COLUMNS)
+    images = pd.DataFrame(usable, columns=IMAGE_COLUMNS).astype({"key": str})
     return ImageResults(images, rejections, processed=len(jobs), reused=reused)
 
 
@@ -623,7 +626,7 @@ def prepare(
     )
 
     # Assemble: the label columns and split come from AVA.txt, the rest from the per-image results.
-    labels["key"] = [str(i) for i in ids]
+    labels["key"] = pd.Series([str(i) for i in ids], index=labels.index, dtype=str)
     manifest = labels.merge(results.images, on="key", how="inner", validate="one_to_one")
     manifest = manifest.astype(
         {"image_id": "int64", "file_bytes": "int64", "width": "int64", "height": "int64"}
