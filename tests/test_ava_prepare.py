@@ -492,3 +492,19 @@ def test_a_state_file_from_before_text_keys_is_still_reused(tmp_path, count_deco
     count_decodes.clear()
     summary = prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
     assert summary["images"] == {"processed": 0, "reused": 3} and count_decodes == []
+
+
+def test_prepared_image_settings_tell_the_cache_size_and_filter(tmp_path):
+    from beholder.data.manifest import prepared_image_settings
+
+    (tmp_path / "AVA.txt").write_text(ava_line(1, 1, GOOD_VOTES) + "\n")
+    write_image(tmp_path / "images" / "1.jpg", seed=1)
+    out = tmp_path / "prepared"
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=(64, 48), resample="lanczos", progress=False)
+    expected = {"image_size": (64, 48), "resample": "lanczos", "jpeg_quality": 95}
+    assert prepared_image_settings(out) == expected
+    assert prepared_image_settings(out / "manifest.parquet") == expected
+    assert prepared_image_settings(tmp_path) is None  # no prepare.json: unknown, not an error
+    (out / "prepare.json").write_text('{"options": {"resample": "bilinear"}}')
+    with pytest.raises(ConfigError, match="prepare.json"):
+        prepared_image_settings(out)
