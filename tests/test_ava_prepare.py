@@ -506,5 +506,5 @@ def test_prepared_image_settings_tell_the_cache_size_and_filter(tmp_path):
     assert prepared_image_settings(out / "manifest.parquet") == expected
     assert prepared_image_settings(tmp_path) is None  # no prepare.json: unknown, not an error
     (out / "prepare.json").write_text('{"options": {"resample": "bilinear"}}')
-    with pytest.raises(ConfigError, match="prepare.json"):
+    with pytest.raises(ConfigError, match=r"prepare\.json"):
         prepared_image_settings(out)
