@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from beholder.data.ava import prepare
+from beholder.data.prepare import prepare
 
 
 def make_images(directory: Path, n: int, width: int, height: int, seed: int = 0) -> list[Path]:

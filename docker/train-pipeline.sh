@@ -1,28 +1,36 @@
 #!/usr/bin/env bash
 # AVA download -> prepare -> train -> evaluate -> ONNX export, then exit. Every step is resumable:
-# download skips finished files, prepare is incremental, train resumes from checkpoints/last.pt.
+# download skips finished files, prepare is incremental, train resumes from checkpoints/last.pt, so a
+# restarted container (the same RUN_NAME, which does not depend on the date) continues where it stopped.
 #
 # Environment (defaults in brackets):
-#   AVA_TXT          AVA.txt label file [/data/AVA.txt]; required
-#   AVA_IMAGES       image directory [/data/images]
-#   AVA_PREPARED     prepared directory (manifest, resized cache) [/data/prepared]
-#   RUNS_DIR         where run directories go [/runs]
-#   RUN_NAME         run directory name [nima-<UTC date>]
-#   TRAIN_CONFIG     recipe name or YAML path [nima_mobilenet]
-#   TRAIN_OVERRIDES  space-separated KEY=VALUE config overrides []
-#   SKIP_DOWNLOAD    1 when the images are already in AVA_IMAGES [0]
-#   DOWNLOAD_ARGS    extra `beholder ava download` arguments, e.g. "--url-template URL --workers 16" []
-#   PREPARE_ARGS     extra `beholder ava prepare` arguments []
-#   EVALUATE_ARGS    extra `beholder evaluate` arguments []
-#   EXPORT_ONNX      1 to write RUN/model.onnx from the best checkpoint [1]
+#   AVA_TXT              AVA.txt label file [/data/AVA.txt]; required. The official test list is
+#                        taken from aesthetics_image_lists/generic_test.jpgl beside it when present.
+#   AVA_IMAGES           image directory [/data/images]
+#   AVA_PREPARED         prepared directory (manifest, resized cache) [/data/prepared]
+#   AVA_URL_TEMPLATE     image URL containing {id}, e.g. a mirror [empty: DPChallenge's pages, --page-mode]
+#   MAX_FAILED_FRACTION  share of ids that may fail to download and the run still goes on [0.05]
+#                        (AVA always has some images that are gone from DPChallenge)
+#   RUNS_DIR             where run directories go [/runs]
+#   RUN_NAME             run directory name [the recipe's name, e.g. nima_mobilenet]
+#   TRAIN_CONFIG         recipe name or YAML path [nima_mobilenet]
+#   TRAIN_OVERRIDES      space-separated KEY=VALUE config overrides []
+#   SKIP_DOWNLOAD        1 when the images are already in AVA_IMAGES [0]
+#   DOWNLOAD_ARGS        extra `beholder ava download` arguments, e.g. "--workers 16" []
+#   PREPARE_ARGS         extra `beholder ava prepare` arguments []
+#   EVALUATE_ARGS        extra `beholder evaluate` arguments []
+#   EXPORT_ONNX          1 to write RUN/model.onnx from the best checkpoint [1]
 set -euo pipefail
 
 : "${AVA_TXT:=/data/AVA.txt}"
 : "${AVA_IMAGES:=/data/images}"
 : "${AVA_PREPARED:=/data/prepared}"
+: "${AVA_URL_TEMPLATE:=}"
+: "${MAX_FAILED_FRACTION:=0.05}"
 : "${RUNS_DIR:=/runs}"
-: "${RUN_NAME:=nima-$(date -u +%Y%m%d)}"
 : "${TRAIN_CONFIG:=nima_mobilenet}"
+recipe="$(basename "${TRAIN_CONFIG}")"
+: "${RUN_NAME:=${recipe%.*}}"
 : "${TRAIN_OVERRIDES:=}"
 : "${SKIP_DOWNLOAD:=0}"
 : "${DOWNLOAD_ARGS:=}"
@@ -40,13 +48,22 @@ fi
 
 if [[ "${SKIP_DOWNLOAD}" != "1" ]]; then
     step "download AVA images into ${AVA_IMAGES}"
+    source_args=()
+    if [[ -n "${AVA_URL_TEMPLATE}" ]]; then
+        source_args=(--url-template "${AVA_URL_TEMPLATE}")
+    elif [[ " ${DOWNLOAD_ARGS} " != *" --url-template"* && " ${DOWNLOAD_ARGS} " != *" --page-mode "* ]]; then
+        source_args=(--page-mode)  # the original AVA source: one DPChallenge page per id
+    fi
+    # Failures up to MAX_FAILED_FRACTION exit 0; more, or a host that cannot be reached, stop here.
     # shellcheck disable=SC2086  # word splitting of the *_ARGS variables is intended
-    beholder ava download --ava-txt "${AVA_TXT}" --out "${AVA_IMAGES}" ${DOWNLOAD_ARGS}
+    beholder ava download --ava-txt "${AVA_TXT}" --out "${AVA_IMAGES}" --no-progress \
+        --max-failed-fraction "${MAX_FAILED_FRACTION}" "${source_args[@]}" ${DOWNLOAD_ARGS}
 fi
 
 step "prepare ${AVA_PREPARED}"
 # shellcheck disable=SC2086
-beholder ava prepare --ava-txt "${AVA_TXT}" --images "${AVA_IMAGES}" --out "${AVA_PREPARED}" ${PREPARE_ARGS}
+beholder ava prepare --ava-txt "${AVA_TXT}" --images "${AVA_IMAGES}" --out "${AVA_PREPARED}" \
+    --no-progress ${PREPARE_ARGS}
 
 step "train into ${RUN_DIR} (config ${TRAIN_CONFIG})"
 resume=()

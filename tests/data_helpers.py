@@ -1,4 +1,4 @@
-"""Helpers shared by the AVA data tests: generated images, AVA.txt lines, the CLI, the shared assets."""
+"""Helpers shared by the data tests: generated images, AVA.txt lines, the CLI, asset names."""
 
 from __future__ import annotations
 
@@ -10,29 +10,19 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pytest
 from PIL import Image
 
-#: ../shared/assets beside the repository (real AVA label rows, official lists); may be absent.
-SHARED_ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
-AVA_SAMPLE = SHARED_ASSETS / "ava_sample"
-REAL_LABELS = AVA_SAMPLE / "labels" / "qiushiyang_nima"
-GENERIC_TEST = AVA_SAMPLE / "official_lists" / "aesthetics_image_lists" / "generic_test.jpgl"
+#: Offline assets used here, relative to the assets folder (read them through conftest.asset()).
+REAL_LABELS_VAL = "ava_sample/labels/qiushiyang_nima/val.txt"
+GENERIC_TEST = "ava_sample/official_lists/aesthetics_image_lists/generic_test.jpgl"
 
-# Run the real CLI entry point with only the `ava` command registered: the other commands import
+# Run the real CLI entry point with only the data commands (`ava`, `prepare`) registered: the other commands import
 # torch when registering, which would cost seconds per subprocess and is not what these tests cover.
 # SIGINT is re-armed because a child of a non-interactive shell may start with it ignored.
 CLI_BOOTSTRAP = (
     "import signal, sys, beholder.cli as cli; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "cli.COMMAND_MODULES = ['beholder.cli.ava']; sys.exit(cli.main(sys.argv[1:]))"
+    "cli.COMMAND_MODULES = ['beholder.cli.ava', 'beholder.cli.prepare']; sys.exit(cli.main(sys.argv[1:]))"
 )
-
-
-def require(path: Path) -> Path:
-    """Skip the test cleanly when a shared asset is not available."""
-    if not path.exists():
-        pytest.skip(f"shared asset not available: {path}")
-    return path
 
 
 def image_bytes(
@@ -68,11 +58,11 @@ def random_votes(rng: np.random.Generator) -> list[int]:
 
 
 def ava_main(argv: Sequence[str]) -> int:
-    """``beholder`` main() in-process, with only the `ava` command registered."""
+    """``beholder`` main() in-process, with only the data commands registered."""
     import beholder.cli as cli
 
     saved = cli.COMMAND_MODULES
-    cli.COMMAND_MODULES = ["beholder.cli.ava"]
+    cli.COMMAND_MODULES = ["beholder.cli.ava", "beholder.cli.prepare"]
     try:
         return cli.main(list(argv))
     finally:

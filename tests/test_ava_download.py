@@ -144,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body[:100])
             self.wfile.flush()
-            self.server.release.wait(30)
+            self.server.release.wait()  # until the test ends: only the client can give up
             self.wfile.write(body[100:])
         else:
             self._send(body)
@@ -425,7 +425,7 @@ def test_usage_errors(tmp_path):
         download(ava_txt, tmp_path / "images", url_template="http://x.org/{id}.jpg", backoff=-1.0)
 
 
-def _wait_for(condition, seconds: float = 20.0) -> None:
+def _wait_for(condition, seconds: float = 300.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -433,12 +433,12 @@ def _wait_for(condition, seconds: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def _start(tmp_path: Path, source: FakeSource, ids) -> tuple[Path, object]:
+def _start(tmp_path: Path, source: FakeSource, ids, timeout: float = 30) -> tuple[Path, object]:
     """A child `beholder ava download` in which ids marked "hang" stall half-way through their body."""
     ava_txt = _ava_txt(tmp_path / "AVA.txt", ids)
     out = tmp_path / "images"
     argv = ["ava", "download", "--ava-txt", str(ava_txt), "--out", str(out), "--workers", "2"]
-    argv += ["--url-template", source.base + "/img/{id}.jpg", "--timeout", "30", "--no-progress"]
+    argv += ["--url-template", source.base + "/img/{id}.jpg", "--timeout", str(timeout), "--no-progress"]
     return out, ava_subprocess(argv, cwd=tmp_path)
 
 
@@ -467,20 +467,37 @@ def test_killed_midway_then_resumed(tmp_path, source):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_stops_cleanly_and_writes_the_summary(tmp_path, source):
     source.behaviour.update({i: "hang" for i in range(7, 11)})
-    out, child = _start(tmp_path, source, range(1, 11))
+    # The hung bodies never end while the test runs, and the client's own timeout is far away: a
+    # child that waited for them would never exit (communicate's deadline is only a safety net).
+    out, child = _start(tmp_path, source, range(1, 11), timeout=3600)
     try:
         _wait_for(lambda: len(list(out.glob("*.jpg"))) == 6 and len(list(out.glob("*.part"))) == 2)
         child.send_signal(signal.SIGINT)
-        started = time.monotonic()
-        _, stderr = child.communicate(timeout=15)
-        stopped_in = time.monotonic() - started
+        _, stderr = child.communicate(timeout=600)
     finally:
         child.kill()
     assert child.returncode == 130, stderr
-    assert stopped_in < 5, "Ctrl-C must not wait for requests stuck on a silent server"
+    # It stopped while the server still held both requests open: it did not wait for them.
+    assert not source.release.is_set() and source.active == 2
     assert "interrupted" in stderr and "Traceback" not in stderr
     summary = json.loads((out / "download.json").read_text())
     assert summary["interrupted"] is True
     assert (summary["ok"], summary["failed"], summary["not_attempted"]) == (6, 0, 4)
     assert set(_complete(out)) == set(range(1, 7)) and not list(out.glob("*.part"))
     assert pd.read_csv(out / "failures.csv").empty
+
+
+def test_max_failed_fraction_makes_acceptable_failures_exit_0(tmp_path, source, capsys):
+    """AVA always has ids that are gone: a pipeline states how many it accepts, and goes on."""
+    source.behaviour.update({3: "404", 7: "404"})
+    ava_txt = _ava_txt(tmp_path / "AVA.txt", range(1, 11))
+    base = ["ava", "download", "--ava-txt", str(ava_txt), "--out", str(tmp_path / "images"), "--no-progress"]
+    base += ["--url-template", source.base + "/img/{id}.jpg", "--timeout", "30", "--retries", "0"]
+    assert ava_main(base) == 1  # the default accepts no failure, as before
+    assert "2 failed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "images" / "download.json").read_text())["failed_fraction"] == 0.2
+    assert ava_main([*base, "--max-failed-fraction", "0.2"]) == 0  # 2 of 10: at the limit
+    assert ava_main([*base, "--max-failed-fraction", "0.1"]) == 1
+    assert "20.0% of the ids failed, over --max-failed-fraction" in capsys.readouterr().out
+    assert ava_main([*base, "--max-failed-fraction", "1.5"]) == 2
+    assert "--max-failed-fraction must be in 0..1" in capsys.readouterr().err

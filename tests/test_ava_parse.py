@@ -8,17 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from beholder.data.ava import (
-    LABEL_COLUMNS,
-    ROW_REASONS,
-    assign_splits,
-    distribution_from_votes,
-    load_manifest,
-    parse_ava_txt,
-    read_image_list,
-)
+from beholder.data.ava import LABEL_COLUMNS, ROW_REASONS, assign_splits, parse_ava_txt, read_image_list
+from beholder.data.manifest import load_manifest
 from beholder.errors import ConfigError
-from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, require
+from beholder.ratings import votes_to_distribution as distribution_from_votes
+from conftest import asset
+from data_helpers import GENERIC_TEST, REAL_LABELS_VAL, ava_line
 
 
 def _reference(line: str) -> dict:
@@ -32,8 +27,8 @@ def _reference(line: str) -> dict:
 
 
 def test_real_rows_parse_with_correct_statistics():
-    lines = require(REAL_LABELS / "val.txt").read_text().splitlines()
-    labels, rejected = parse_ava_txt(REAL_LABELS / "val.txt")
+    lines = asset(REAL_LABELS_VAL).read_text().splitlines()
+    labels, rejected = parse_ava_txt(asset(REAL_LABELS_VAL))
     assert rejected.empty
     assert list(labels.columns) == LABEL_COLUMNS
     assert len(labels) == len([line for line in lines if line.strip()])
@@ -165,7 +160,7 @@ def test_read_image_list(tmp_path):
 
 
 def test_official_generic_test_list():
-    ids = read_image_list(require(GENERIC_TEST))
+    ids = read_image_list(asset(GENERIC_TEST))
     assert len(ids) == 20000 and all(isinstance(i, int) for i in ids)
 
 
@@ -206,3 +201,61 @@ def test_load_manifest_fails_loudly_naming_the_file(tmp_path):
     (tmp_path / "manifest.parquet").write_text("not parquet")
     with pytest.raises(ConfigError, match="cannot read manifest"):
         load_manifest(tmp_path)
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_row(tmp_path):
+    good = [5, 10, 20, 30, 40, 30, 20, 10, 5, 1]
+    path = tmp_path / "AVA.txt"
+    # What Notepad's "UTF-8 with BOM" writes, with Windows line ends.
+    path.write_bytes(("\ufeff" + "\r\n".join(ava_line(i, i, good) for i in (1, 2)) + "\r\n").encode("utf-8"))
+    labels, rejected = parse_ava_txt(path)
+    assert labels["image_id"].tolist() == [1, 2]
+    assert rejected.empty
+    ids = tmp_path / "list.jpgl"
+    ids.write_bytes("\ufeff12\n7\n".encode("utf-8"))
+    assert read_image_list(ids) == {7, 12}
+
+
+def test_an_overlong_line_is_a_rejected_row_read_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    good = [5, 10, 20, 30, 40, 30, 20, 10, 5, 1]
+    path = tmp_path / "AVA.txt"
+    with open(path, "wb") as handle:
+        handle.write((ava_line(1, 1, good) + "\n").encode())
+        chunk = b"7 " * (1 << 20)  # 2 MiB of fields on one line ...
+        for _ in range(16):  # ... 32 MiB in all, no newline until the end
+            handle.write(chunk)
+        handle.write(b"\n" + (ava_line(3, 3, good) + "\n").encode())
+        handle.write(b"9" * (200 * 1024))  # and a last line with no newline at all
+    tracemalloc.start()
+    try:
+        labels, rejected = parse_ava_txt(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert labels["image_id"].tolist() == [1, 3]
+    assert rejected["reason"].tolist() == ["line_too_long", "line_too_long"]
+    assert "line 2: 33,554,433 bytes" in rejected["detail"].iloc[0]
+    assert rejected["image_id"].isna().all()
+    assert peak < 4 * 1024 * 1024, f"parsing held {peak:,} bytes at once"
+
+
+def test_non_finite_and_huge_counts_are_rejected_by_row(tmp_path):
+    good = [5, 10, 20, 30, 40, 30, 20, 10, 5, 1]
+    lines = [ava_line(1, 1, good)]
+    for image_id, token in enumerate(
+        ["inf", "-inf", "nan", "NaN", "Infinity", "1e9", "2147483648", "9" * 400], 2
+    ):
+        lines.append(ava_line(image_id, image_id, good).replace(" 40 ", f" {token} ", 1))
+    near_limit = [2**31 - 1] * 10  # the largest accepted counts: their sum must still be exact
+    lines.append(ava_line(99, 99, near_limit))
+    path = tmp_path / "AVA.txt"
+    path.write_text("\n".join(lines) + "\n")
+    labels, rejected = parse_ava_txt(path)
+    assert labels["image_id"].tolist() == [1, 99]
+    assert rejected["reason"].tolist() == ["non_integer_field"] * 8
+    assert rejected["image_id"].tolist() == list(range(2, 10))
+    row = labels.iloc[1]
+    assert row["n_votes"] == 10 * (2**31 - 1) and row["mean"] == pytest.approx(5.5)
+    assert np.isfinite(labels[["mean", "std"]].to_numpy()).all()

@@ -2,42 +2,47 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
 import json
 import math
 import os
 import shutil
+import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-import beholder.data.ava as ava
-from beholder.data.ava import IMAGE_REASONS, MANIFEST_COLUMNS, ROW_REASONS, load_manifest, prepare
+import beholder.data.prepare as prepare_module
+from beholder.data.ava import ROW_REASONS
+from beholder.data.manifest import MANIFEST_COLUMNS, load_manifest
+from beholder.data.prepare import IMAGE_REASONS, prepare
 from beholder.errors import ConfigError
-from data_helpers import GENERIC_TEST, REAL_LABELS, ava_line, ava_main, image_bytes, require, write_image
+from conftest import asset
+from data_helpers import GENERIC_TEST, REAL_LABELS_VAL, ava_line, ava_main, image_bytes, write_image
 
 GOOD_VOTES = [1, 2, 5, 10, 20, 15, 8, 4, 2, 1]
 
 
 @pytest.fixture
 def count_decodes(monkeypatch):
-    """Count full decodes done by prepare (its workers call ava.open_image)."""
+    """Count full decodes done by prepare (its workers call prepare_module.open_image)."""
     calls = []
-    original = ava.open_image
+    original = prepare_module.open_image
 
     def counting(source, *args, **kwargs):
         calls.append(str(source))
         return original(source, *args, **kwargs)
 
-    monkeypatch.setattr(ava, "open_image", counting)
+    monkeypatch.setattr(prepare_module, "open_image", counting)
     return calls
 
 
 def test_manifest_from_real_rows_matches_independent_computation(tmp_path, capsys):
-    lines = require(REAL_LABELS / "val.txt").read_text().splitlines()[:1200]
-    official_test = {int(x) for x in require(GENERIC_TEST).read_text().split()}
+    lines = asset(REAL_LABELS_VAL).read_text().splitlines()[:1200]
+    official_test = {int(x) for x in asset(GENERIC_TEST).read_text().split()}
     ava_txt = tmp_path / "AVA.txt"
     ava_txt.write_text("\n".join(lines) + "\n")
     all_ids = [int(line.split()[1]) for line in lines]
@@ -51,7 +56,16 @@ def test_manifest_from_real_rows_matches_independent_computation(tmp_path, capsy
 
     out = tmp_path / "prepared"
     argv = ["ava", "prepare", "--ava-txt", str(ava_txt), "--images", str(tmp_path / "images")]
-    argv += ["--out", str(out), "--test-list", str(GENERIC_TEST), "--val-fraction", "0.1", "--seed", "0"]
+    argv += [
+        "--out",
+        str(out),
+        "--test-list",
+        str(asset(GENERIC_TEST)),
+        "--val-fraction",
+        "0.1",
+        "--seed",
+        "0",
+    ]
     argv += ["--image-size", "32", "--workers", "2", "--no-progress"]
     assert ava_main(argv) == 0
     printed = capsys.readouterr().out
@@ -236,9 +250,9 @@ def test_prepare_paths_are_relative_and_the_directory_can_move(tmp_path):
     for i in range(1, 6):
         write_image(data / "images" / f"{i}.jpg", 80, 80, seed=i)
     (data / "AVA.txt").write_text("\n".join(ava_line(i, i, GOOD_VOTES) for i in range(1, 6)) + "\n")
-    prepare(data / "AVA.txt", data / "images", data / "prepared", image_size=16, progress=False)
+    prepare(data / "AVA.txt", data / "images", data / "prepared", image_size=32, progress=False)
     raw = pd.read_parquet(data / "prepared" / "manifest.parquet")
-    assert raw["cache_path"].str.startswith("cache/16x16_q95_bilinear/").all()
+    assert raw["cache_path"].str.startswith("cache/32x32_q95_bilinear/").all()
     assert raw["source_path"].str.startswith("../images/").all()
 
     moved = tmp_path / "elsewhere"
@@ -314,25 +328,183 @@ def test_a_failure_midway_keeps_the_finished_images_for_the_rerun(tmp_path, monk
     (tmp_path / "AVA.txt").write_text("\n".join(lines) + "\n")
     for i in range(1, 9):
         write_image(images / f"{i}.jpg", seed=i)
-    original = ava._process_image
+    original = prepare_module._process_image
     done = []
 
     def failing(job):
         if len(done) == 5:
             raise OSError(28, "No space left on device")
-        done.append(job.image_id)
+        done.append(job.key)
         return original(job)
 
-    monkeypatch.setattr(ava, "_process_image", failing)
+    monkeypatch.setattr(prepare_module, "_process_image", failing)
     with pytest.raises(OSError, match="No space left"):
         prepare(tmp_path / "AVA.txt", images, out, val_fraction=0.0, workers=1, progress=False)
     assert not (out / "manifest.parquet").exists()
 
-    monkeypatch.setattr(ava, "_process_image", original)
+    monkeypatch.setattr(prepare_module, "_process_image", original)
     count_decodes.clear()
     summary = prepare(tmp_path / "AVA.txt", images, out, val_fraction=0.0, workers=1, progress=False)
-    # The results that reached the main thread before the failure (all but the one in flight) are kept.
-    assert summary["images"]["reused"] >= 4
+    # Every image finished before the failure is kept (one worker: the five before the failing one).
+    assert summary["images"]["reused"] >= 5
     assert summary["images"]["processed"] + summary["images"]["reused"] == 8
     assert len(count_decodes) == summary["images"]["processed"]
     assert sorted(load_manifest(out)["image_id"]) == list(range(1, 9))
+
+
+class _RunningFuture(cf.Future):
+    """A job that is already running when its sibling fails: it cannot be cancelled, and it
+    finishes (with ``value``) at the moment the caller tries to cancel it."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+        self.set_running_or_notify_cancel()
+
+    def cancel(self) -> bool:
+        if not self.done():
+            self.set_result(self.value)
+        return False
+
+
+class _ScriptedExecutor(cf.Executor):
+    """Runs nothing: item "fail" fails at once, every other item is a _RunningFuture."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, fn, item):
+        self.submitted.append(item)
+        if item == "fail":
+            future = cf.Future()
+            future.set_exception(OSError(28, "No space left on device"))
+            return future
+        return _RunningFuture(f"result of {item}")
+
+
+def test_imap_bounded_keeps_the_results_of_jobs_running_when_one_fails():
+    """Deterministic: the sibling finishes after the failure has been seen, and is still yielded."""
+    executor = _ScriptedExecutor()
+    results = []
+    with pytest.raises(OSError, match="No space left"):
+        for item, result in prepare_module.imap_bounded(executor, str, ["fail", "b", "queued"], 2):
+            results.append((item, result))
+    assert results == [("b", "result of b")]
+    assert executor.submitted == ["fail", "b"]  # nothing new is submitted after a failure
+
+
+def test_imap_bounded_with_threads_yields_every_finished_sibling():
+    """Job 0 fails; jobs 1-3 are running and only finish once it has failed: all three are kept."""
+    failed = threading.Event()
+    running = [threading.Event() for _ in range(4)]
+
+    def job(n):
+        if n == 0:
+            assert all(event.wait(60) for event in running[1:])  # 1-3 are running: not cancellable
+            failed.set()
+            raise OSError(28, "No space left on device")
+        if n < 4:
+            running[n].set()
+        assert failed.wait(60)
+        return n * 10
+
+    results = {}
+    with cf.ThreadPoolExecutor(4) as pool, pytest.raises(OSError):
+        for item, value in prepare_module.imap_bounded(pool, job, range(8), 4):
+            results[item] = value
+    assert {1, 2, 3} <= set(results) and 0 not in results
+    assert results == {n: n * 10 for n in results}
+
+
+def test_a_rerun_removes_temporaries_a_killed_run_left(tmp_path):
+    """kill -9 during a cache write leaves `.<name>.<random>.tmp`; nothing else can clean it up."""
+    (tmp_path / "AVA.txt").write_text(ava_line(1, 1, GOOD_VOTES) + "\n")
+    write_image(tmp_path / "images" / "1.jpg", seed=1)
+    out = tmp_path / "prepared"
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    cache_dir = out / "cache" / "32x32_q95_bilinear"
+    stale = [cache_dir / ".1.jpg.0123456789ab.tmp", out / ".manifest.parquet.ba9876543210.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    keep = cache_dir / "notes.tmp"  # not one of ours: not a hidden temporary
+    keep.write_bytes(b"x")
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    assert not any(path.exists() for path in stale)
+    assert keep.exists()
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["1.jpg", "notes.tmp"]
+
+
+def test_out_of_range_sizes_are_usage_errors_before_any_work(tmp_path, capsys):
+    (tmp_path / "AVA.txt").write_text(ava_line(1, 1, GOOD_VOTES) + "\n")
+    (tmp_path / "images").mkdir()
+    base = ["ava", "prepare", "--ava-txt", str(tmp_path / "AVA.txt"), "--images", str(tmp_path / "images")]
+    base += ["--out", str(tmp_path / "out"), "--no-progress"]
+    for option, value, words in [
+        ("--image-size", "100000", "image_size must be an integer in 32..2048, got 100000"),
+        ("--image-size", "8", "32..2048"),
+        ("--quality", "0", "jpeg_quality"),
+        ("--min-side", "0", "min_side"),
+        ("--workers", "100000", "workers"),
+    ]:
+        assert ava_main([*base, option, value]) == 2, option
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="image_size"):
+        prepare(tmp_path / "AVA.txt", tmp_path / "images", tmp_path / "out", image_size=(256, 4096))
+
+
+def test_an_unreadable_file_is_not_called_a_corrupt_image(tmp_path, monkeypatch):
+    import builtins
+
+    (tmp_path / "AVA.txt").write_text("\n".join(ava_line(i, i, GOOD_VOTES) for i in (1, 2)) + "\n")
+    for i in (1, 2):
+        write_image(tmp_path / "images" / f"{i}.jpg", seed=i)
+    locked = str(tmp_path / "images" / "2.jpg")
+    real_open = builtins.open
+
+    def open_denied(file, *args, **kwargs):  # what chmod 000 does for anyone but root
+        if str(file) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_denied)
+    out = tmp_path / "prepared"
+    summary = prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    monkeypatch.setattr(builtins, "open", real_open)
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert rejected["reason"].tolist() == ["unreadable_file"]
+    assert "Permission denied" in rejected["detail"].iloc[0]
+    assert "corrupt" not in rejected["detail"].iloc[0]
+    assert summary["rejected"]["unreadable_file"] == 1 and summary["rejected"]["corrupt_image"] == 0
+    assert load_manifest(out)["image_id"].tolist() == [1]
+
+
+def test_a_state_file_from_before_text_keys_is_still_reused(tmp_path, count_decodes):
+    """Upgrading must not cost a full re-decode of 255k images: the old integer-keyed state loads."""
+    (tmp_path / "AVA.txt").write_text("\n".join(ava_line(i, i, GOOD_VOTES) for i in (1, 2, 3)) + "\n")
+    for i in (1, 2, 3):
+        write_image(tmp_path / "images" / f"{i}.jpg", seed=i)
+    out = tmp_path / "prepared"
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    state = pd.read_parquet(out / "prepare_state.parquet")
+    old = state.rename(columns={"key": "image_id"}).astype({"image_id": "int64"})
+    old.to_parquet(out / "prepare_state.parquet", index=False)
+    count_decodes.clear()
+    summary = prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=32, progress=False)
+    assert summary["images"] == {"processed": 0, "reused": 3} and count_decodes == []
+
+
+def test_prepared_image_settings_tell_the_cache_size_and_filter(tmp_path):
+    from beholder.data.manifest import prepared_image_settings
+
+    (tmp_path / "AVA.txt").write_text(ava_line(1, 1, GOOD_VOTES) + "\n")
+    write_image(tmp_path / "images" / "1.jpg", seed=1)
+    out = tmp_path / "prepared"
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=(64, 48), resample="lanczos", progress=False)
+    expected = {"image_size": (64, 48), "resample": "lanczos", "jpeg_quality": 95}
+    assert prepared_image_settings(out) == expected
+    assert prepared_image_settings(out / "manifest.parquet") == expected
+    assert prepared_image_settings(tmp_path) is None  # no prepare.json: unknown, not an error
+    (out / "prepare.json").write_text('{"options": {"resample": "bilinear"}}')
+    with pytest.raises(ConfigError, match=r"prepare\.json"):
+        prepared_image_settings(out)

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beholder.data.ava import load_manifest, prepare
-from beholder.eda import describe, eda, rating_ranges, summarize
+from beholder.data.manifest import load_manifest
+from beholder.data.prepare import prepare
+from beholder.eda import describe_column as describe
+from beholder.eda import eda, rating_ranges
+from beholder.eda import summarize_manifest as summarize
 from beholder.errors import ConfigError
 from data_helpers import ava_line, ava_main, write_image
 
@@ -197,7 +200,7 @@ def test_single_image_report(tmp_path, capsys):
     # One image: the std of the mean rating is undefined (None); the CLI line used to crash on it.
     write_image(tmp_path / "images" / "1.jpg", 80, 80, seed=1)
     (tmp_path / "AVA.txt").write_text(ava_line(1, 1, [1, 2, 5, 10, 20, 15, 8, 4, 2, 1]) + "\n")
-    prepare(tmp_path / "AVA.txt", tmp_path / "images", tmp_path / "prepared", image_size=16, progress=False)
+    prepare(tmp_path / "AVA.txt", tmp_path / "images", tmp_path / "prepared", image_size=32, progress=False)
     out = tmp_path / "report"
     assert ava_main(["ava", "eda", "--data", str(tmp_path / "prepared"), "--out", str(out)]) == 0
     assert capsys.readouterr().out.startswith("eda: 1 images")
@@ -205,5 +208,25 @@ def test_single_image_report(tmp_path, capsys):
 
 
 def test_eda_does_not_import_torch():
-    code = "import sys, beholder.eda, beholder.data.ava; sys.exit('torch' in sys.modules)"
+    code = "import sys, beholder.eda, beholder.data.prepare; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_report_of_a_ratings_csv_manifest_without_vote_counts(tmp_path, capsys):
+    """Mean-only ratings have no vote counts and text ids: the report says so instead of crashing."""
+    from beholder.data.labels import prepare_labels
+
+    for i in range(5):
+        write_image(tmp_path / "photos" / f"{i}.jpg", 80, 64, seed=i)
+    (tmp_path / "ratings.csv").write_text(
+        "path,mean\n" + "".join(f"photos/{i}.jpg,{3 + i}\n" for i in range(5))
+    )
+    prepare_labels(
+        tmp_path / "ratings.csv", tmp_path / "prepared", image_size=32, min_side=32, progress=False
+    )
+    assert ava_main(["ava", "eda", "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "eda")]) == 0
+    assert "no vote counts" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "eda" / "summary.json").read_text())
+    assert summary["n_votes"]["count"] == 0
+    assert summary["best"][0] == {"image_id": "photos/4.jpg", "mean": pytest.approx(7.0), "n_votes": None}
+    assert (tmp_path / "eda" / "report.html").is_file()

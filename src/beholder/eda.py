@@ -6,6 +6,9 @@ the sample standard deviation (ddof=1) and quartiles interpolate linearly.
 
 Plots are drawn on :class:`matplotlib.figure.Figure` objects directly (Agg canvas), so nothing here
 touches pyplot's global state or the process-wide backend.
+
+Slightly over 500 lines: the statistics, the plots that show them and the report that lays them
+out are one report, read together.
 """
 
 from __future__ import annotations
@@ -23,18 +26,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from beholder import __version__
-from beholder.data import ava as _ava
-from beholder.data.ava import (
-    REJECTED_FILE,
-    SPLITS,
-    VOTE_COLUMNS,
-    PathLike,
-    _atomic_write,
-    load_manifest,
-    write_json,
-)
+from beholder.data.manifest import PREPARE_SUMMARY_FILE, SPLITS, load_manifest
+from beholder.data.prepare import REJECTED_FILE
 from beholder.errors import ConfigError, ImageLoadError
+from beholder.files import PathLike, atomic_write, atomic_write_text, write_json
 from beholder.imageio import open_image
+from beholder.ratings import THRESHOLD, VOTE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +56,7 @@ _STAT_KEYS = ("count", "mean", "std", "min", "q25", "q50", "q75", "max")
 _DPI = 100
 
 
-def describe(values: Union[Sequence[float], np.ndarray, pd.Series]) -> dict[str, Optional[float]]:
+def describe_column(values: Union[Sequence[float], np.ndarray, pd.Series]) -> dict[str, Optional[float]]:
     """count, mean, sample std (ddof=1), min, quartiles (linear) and max of ``values`` (NaNs dropped).
 
     Statistics that do not exist (std of one value, anything of none) are None.
@@ -101,11 +98,11 @@ def rating_ranges(
         "above": _share(above, total),
         "outer": _share(below | above, total),
         # AVA's binary "high quality" label (Murray et al. 2012; NIMA's accuracy at 5).
-        "above_5": _share(values > 5.0, total),
+        "above_5": _share(values > THRESHOLD, total),
     }
 
 
-def summarize(
+def summarize_manifest(
     manifest: pd.DataFrame, *, central: tuple[float, float] = (4.0, 7.0), top_k: int = 16
 ) -> dict[str, Any]:
     """The statistics of ``summary.json`` for a manifest DataFrame (see :func:`eda`)."""
@@ -113,15 +110,15 @@ def summarize(
     return {
         "n_images": len(manifest),
         "splits": {name: int((manifest["split"] == name).sum()) for name in SPLITS},
-        "n_votes": describe(manifest["n_votes"]),
-        "mean_rating": describe(manifest["mean"]),
-        "std_rating": describe(manifest["std"]),
-        "file_bytes": describe(manifest["file_bytes"]),
-        "width": describe(manifest["width"]),
-        "height": describe(manifest["height"]),
-        "aspect_ratio": describe(manifest["aspect_ratio"]),
+        "n_votes": describe_column(manifest["n_votes"]),
+        "mean_rating": describe_column(manifest["mean"]),
+        "std_rating": describe_column(manifest["std"]),
+        "file_bytes": describe_column(manifest["file_bytes"]),
+        "width": describe_column(manifest["width"]),
+        "height": describe_column(manifest["height"]),
+        "aspect_ratio": describe_column(manifest["aspect_ratio"]),
         "mean_rating_by_split": {
-            name: describe(manifest.loc[manifest["split"] == name, "mean"]) for name in SPLITS
+            name: describe_column(manifest.loc[manifest["split"] == name, "mean"]) for name in SPLITS
         },
         "modes": {str(k): int(v) for k, v in manifest["mode"].value_counts().items()},
         "rating_ranges": rating_ranges(manifest["mean"], central),
@@ -137,9 +134,22 @@ def _ranked(manifest: pd.DataFrame, top_k: int) -> tuple[pd.DataFrame, pd.DataFr
     return best, worst
 
 
+def _plain(value: Any) -> Any:
+    """A manifest value as plain JSON: AVA ids and counts as int, a user's ids as text, NaN as None."""
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
+        return None  # n_votes of ratings given as a distribution or a mean: unknown
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _votes_text(n_votes: Any) -> str:
+    return "" if pd.isna(n_votes) else f", {int(n_votes)} votes"
+
+
 def _id_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [
-        {"image_id": int(row.image_id), "mean": float(row.mean), "n_votes": int(row.n_votes)}
+        {"image_id": _plain(row.image_id), "mean": float(row.mean), "n_votes": _plain(row.n_votes)}
         for row in frame.itertuples(index=False)
     ]
 
@@ -150,13 +160,17 @@ def _id_list(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _save(figure: Figure, path: Path) -> None:
     figure.tight_layout()
-    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=_DPI))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=_DPI))
 
 
 def _hist_with_box(
     values: np.ndarray, path: Path, *, xlabel: str, title: str, marks: Sequence[float] = ()
 ) -> None:
     figure = Figure(figsize=(7, 4.5))
+    if len(values) == 0:  # e.g. no vote counts in a manifest of mean ratings
+        figure.text(0.5, 0.5, f"{title}: no values", ha="center", va="center")
+        _save(figure, path)
+        return
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     top.hist(values, bins=min(60, max(10, int(math.sqrt(len(values))))), color="#4c72b0", edgecolor="white")
     for mark in marks:
@@ -286,7 +300,7 @@ def _grid(frame: pd.DataFrame, path: Path, title: str) -> None:
             ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
         else:
             ax.imshow(pixels)
-        ax.set_title(f"{row.image_id}\nmean {row.mean:.2f}, {row.n_votes} votes", fontsize=8)
+        ax.set_title(f"{row.image_id}\nmean {row.mean:.2f}{_votes_text(row.n_votes)}", fontsize=8)
     figure.suptitle(title)
     _save(figure, path)
 
@@ -370,7 +384,7 @@ def eda(
         "beholder_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data_dir": str(data_dir.absolute()),
-        **summarize(manifest, central=(low, high), top_k=top_k),
+        **summarize_manifest(manifest, central=(low, high), top_k=top_k),
     }
     rejected_path = data_dir / REJECTED_FILE
     if rejected_path.is_file():
@@ -380,7 +394,7 @@ def eda(
 
     plots = {"n_votes": "n_votes.png", "mean_rating": "mean_rating.png", "std_vs_mean": "std_vs_mean.png"}
     _hist_with_box(
-        manifest["n_votes"].to_numpy(),
+        manifest["n_votes"].dropna().to_numpy(),  # none for ratings given as distributions or means
         out / plots["n_votes"],
         xlabel="number of ratings",
         title="Ratings per image",
@@ -438,7 +452,7 @@ def _write_report(
     sample_table = sample[sample_columns].to_html(border=0, index=False, float_format=lambda v: f"{v:.3f}")
 
     prepare_note = ""
-    prepare_json = data_dir / _ava.SUMMARY_FILE
+    prepare_json = data_dir / PREPARE_SUMMARY_FILE
     if prepare_json.is_file():
         prepare_note = f"<p class='note'>Cleaning summary: {html.escape(str(prepare_json.absolute()))}</p>"
     rejected_html = (
@@ -499,4 +513,4 @@ def _write_report(
         _img(plots["worst"], "grid of the worst-rated images"),
         "</body></html>",
     ]
-    _atomic_write(path, lambda tmp: tmp.write_text("\n".join(parts) + "\n", encoding="utf-8"))
+    atomic_write_text(path, "\n".join(parts) + "\n")

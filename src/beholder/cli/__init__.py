@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "beholder.cli.score",
     "beholder.cli.models",
     "beholder.cli.ava",
+    "beholder.cli.prepare",
     "beholder.cli.train",
     "beholder.cli.evaluate",
     "beholder.cli.export",

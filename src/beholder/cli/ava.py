@@ -60,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dl.add_argument(
         "--max-mb", type=float, default=50.0, help="fail an image larger than this many MB (default 50)"
     )
+    dl.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="exit 0 when at most this share (0..1) of the requested ids failed (default 0: any failure "
+        "exits 1); AVA always has some ids that are gone",
+    )
     dl.set_defaults(func=run_download)
 
     prep = commands.add_parser(
@@ -79,22 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     prep.add_argument("--val-fraction", type=float, default=0.1, help="share of non-test ids for val (0.1)")
     prep.add_argument("--seed", type=int, default=0, help="seed of the validation split (0)")
-    prep.add_argument("--image-size", type=int, default=256, help="side of the square cache images (256)")
-    prep.add_argument("--quality", type=int, default=95, help="cache JPEG quality (95)")
-    prep.add_argument(
-        "--resample",
-        default="bilinear",
-        choices=["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"],
-        help="resize filter for the cache (bilinear)",
-    )
-    prep.add_argument("--min-side", type=int, default=64, help="reject images with a shorter side (64 px)")
-    prep.add_argument(
-        "--fast-decode",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="decode JPEGs at reduced scale before an antialiasing resize (default on)",
-    )
-    prep.add_argument("--workers", type=int, default=None, help="decode threads (default min(8, CPUs))")
+    add_cache_arguments(prep)
     prep.set_defaults(func=run_prepare)
 
     eda = commands.add_parser(
@@ -117,6 +110,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     eda.set_defaults(func=run_eda)
 
 
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """The resize-cache and validation options shared by `ava prepare` and `prepare --labels`."""
+    parser.add_argument(
+        "--image-size", type=int, default=256, help="side of the square cache images, 32..2048 (256)"
+    )
+    parser.add_argument("--quality", type=int, default=95, help="cache JPEG quality (95)")
+    parser.add_argument(
+        "--resample",
+        default="bilinear",
+        choices=["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"],
+        help="resize filter for the cache (bilinear)",
+    )
+    parser.add_argument("--min-side", type=int, default=64, help="reject images with a shorter side (64 px)")
+    parser.add_argument(
+        "--fast-decode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode JPEGs at reduced scale before an antialiasing resize (default on)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="decode threads (default min(8, CPUs))")
+
+
+def cache_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`beholder.data.prepare.cache_options` from the parsed options."""
+    return {
+        "image_size": args.image_size,
+        "jpeg_quality": args.quality,
+        "resample": args.resample,
+        "min_side": args.min_side,
+        "fast_decode": args.fast_decode,
+        "workers": args.workers,
+    }
+
+
+def print_prepare_summary(summary: dict, out: str) -> int:
+    """The one-line summary of a prepare run; exit 0, or 1 when no image is usable."""
+    from beholder.data.manifest import MANIFEST_FILE
+
+    splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())
+    reasons = ", ".join(f"{k} {v}" for k, v in summary["rejected"].items() if v)
+    rate = summary["images_per_second"]
+    print(
+        f"prepare: {summary['manifest_rows']} images ({splits}), {summary['rejected_total']} rejected"
+        + (f" ({reasons})" if reasons else "")
+        + f"; {summary['images']['processed']} processed, {summary['images']['reused']} unchanged"
+        + f" in {summary['seconds']:.1f} s"
+        + (f" ({rate:.0f} img/s)" if rate else "")
+        + f" -> {os.path.join(out, MANIFEST_FILE)}"
+    )
+    return EXIT_OK if summary["manifest_rows"] else EXIT_PARTIAL
+
+
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return EXIT_USAGE
@@ -125,7 +170,10 @@ def _help(parser: argparse.ArgumentParser) -> int:
 def run_download(args: argparse.Namespace) -> int:
     from beholder.data.ava import read_image_list
     from beholder.data.download import FAILURES_FILE, download
+    from beholder.errors import ConfigError
 
+    if not 0.0 <= args.max_failed_fraction <= 1.0:
+        raise ConfigError(f"--max-failed-fraction must be in 0..1, got {args.max_failed_fraction}")
     ids = read_image_list(args.ids) if args.ids else None
     summary = download(
         args.ava_txt,
@@ -155,11 +203,17 @@ def run_download(args: argparse.Namespace) -> int:
     print(line)
     if summary["aborted"]:
         print(f"beholder ava download: {summary['aborted']}")
-    return EXIT_PARTIAL if summary["failed"] or summary["aborted"] else EXIT_OK
+        return EXIT_PARTIAL
+    share = summary["failed_fraction"]
+    if share > args.max_failed_fraction:
+        if summary["failed"] and args.max_failed_fraction:
+            print(f"beholder ava download: {share:.1%} of the ids failed, over --max-failed-fraction")
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from beholder.data.ava import MANIFEST_FILE, prepare
+    from beholder.data.prepare import prepare
 
     summary = prepare(
         args.ava_txt,
@@ -168,26 +222,10 @@ def run_prepare(args: argparse.Namespace) -> int:
         test_list=args.test_list,
         val_fraction=args.val_fraction,
         seed=args.seed,
-        image_size=args.image_size,
-        jpeg_quality=args.quality,
-        resample=args.resample,
-        min_side=args.min_side,
-        fast_decode=args.fast_decode,
-        workers=args.workers,
         progress=args.progress,
+        **cache_kwargs(args),
     )
-    splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())
-    reasons = ", ".join(f"{k} {v}" for k, v in summary["rejected"].items() if v)
-    rate = summary["images_per_second"]
-    print(
-        f"prepare: {summary['manifest_rows']} images ({splits}), {summary['rejected_total']} rejected"
-        + (f" ({reasons})" if reasons else "")
-        + f"; {summary['images']['processed']} processed, {summary['images']['reused']} unchanged"
-        + f" in {summary['seconds']:.1f} s"
-        + (f" ({rate:.0f} img/s)" if rate else "")
-        + f" -> {os.path.join(args.out, MANIFEST_FILE)}"
-    )
-    return EXIT_OK if summary["manifest_rows"] else EXIT_PARTIAL
+    return print_prepare_summary(summary, args.out)
 
 
 def run_eda(args: argparse.Namespace) -> int:
@@ -199,9 +237,13 @@ def run_eda(args: argparse.Namespace) -> int:
     rating = summary["mean_rating"]
     votes = summary["n_votes"]
     spread = "" if rating["std"] is None else f" ± {rating['std']:.2f}"  # None for a single image
+    counts = (
+        f"{votes['min']:.0f} to {votes['max']:.0f} votes per image (mean {votes['mean']:.0f})"
+        if votes["count"]
+        else "no vote counts"  # ratings given as distributions or means
+    )
     print(
-        f"eda: {summary['n_images']} images; {votes['min']:.0f} to {votes['max']:.0f} votes per image "
-        f"(mean {votes['mean']:.0f}); mean rating {rating['mean']:.2f}{spread} "
+        f"eda: {summary['n_images']} images; {counts}; mean rating {rating['mean']:.2f}{spread} "
         f"-> {os.path.join(args.out, REPORT_FILE)}"
     )
     return EXIT_OK

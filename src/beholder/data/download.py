@@ -9,6 +9,10 @@ A body is streamed to ``<id>.<random>.part`` in the output directory, must decod
 image (:func:`beholder.imageio.open_image`), and is then renamed to ``<id>.<ext>`` atomically: a
 final name always holds a complete image, so a rerun skips those and a killed run leaves only
 ``.part`` files, which the next run deletes. Outcomes go to ``download.json`` and ``failures.csv``.
+
+This module is longer than most (about 800 lines) because one concept, fetching untrusted bodies
+safely, needs its parts side by side: the scheme and redirect rules, the per-host limits, the size
+and time caps, the checks before an atomic rename, and the failure reasons they produce.
 """
 
 from __future__ import annotations
@@ -39,16 +43,16 @@ import pandas as pd
 from PIL import Image
 
 from beholder import __version__
-from beholder.data.ava import (
+from beholder.data.ava import find_images, parse_ava_txt
+from beholder.errors import ConfigError, ImageLoadError
+from beholder.files import (
     PathLike,
-    _atomic_write,
-    _progress_bar,
-    find_images,
+    atomic_write,
     make_temp,
-    parse_ava_txt,
+    progress_bar,
+    remove_stale_temporaries,
     write_json,
 )
-from beholder.errors import ConfigError, ImageLoadError
 from beholder.imageio import open_image
 
 logger = logging.getLogger(__name__)
@@ -564,6 +568,79 @@ def _check_resolvable(url: str) -> None:
         ) from None
 
 
+def _check_options(url_template: str, *, timeout: float, **at_least: float) -> None:
+    """ConfigError for a template that is not an http(s) URL with ``{id}``, or an option out of range."""
+    if "{id}" not in url_template:
+        raise ConfigError(f"the URL template must contain {{id}}: {url_template!r}")
+    if urllib.parse.urlsplit(url_template).scheme not in ("http", "https"):
+        raise ConfigError(f"the URL template must be an http(s) URL: {url_template!r}")
+    # abort_after: a negative value would stop the run after its first outcome.
+    minimum = {"workers": 1, "per_host": 1, "retries": 0, "backoff": 0, "max_backoff": 0, "abort_after": 0}
+    for name, value in at_least.items():
+        least = minimum.get(name, 1)
+        if value < least:
+            raise ConfigError(f"{name} must be at least {least}, got {value}")
+    if timeout <= 0:
+        raise ConfigError(f"timeout must be positive, got {timeout}")
+
+
+def _run_pool(
+    worker: _Downloader,
+    selected: list[int],
+    workers: int,
+    timeout: float,
+    abort_after: int,
+    progress: Optional[bool],
+) -> tuple[dict[int, _Outcome], bool, Optional[str]]:
+    """Download ``selected`` on ``workers`` threads: ``(outcomes by id, interrupted, abort message)``."""
+    outcomes: dict[int, _Outcome] = {}
+    counts: Counter[str] = Counter()
+    interrupted = False
+    aborted: Optional[str] = None
+    consecutive_connection_errors = 0
+    bar = progress_bar(progress, total=len(selected), desc="download", unit="img")
+    pool = _DaemonPool(worker.download_one, selected, workers, worker.stop)
+
+    def record(outcome: _Outcome) -> None:
+        if outcome.status != "cancelled":
+            outcomes[outcome.image_id] = outcome
+            counts[outcome.status] += 1
+            bar.update(1)
+
+    try:
+        for outcome in pool.results():
+            record(outcome)
+            bar.set_postfix(
+                ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"], refresh=False
+            )
+            if outcome.status == "failed" and outcome.reason == "connection_error":
+                consecutive_connection_errors += 1
+            elif outcome.status != "cancelled":
+                consecutive_connection_errors = 0
+            if abort_after and consecutive_connection_errors >= abort_after:
+                aborted = (
+                    f"stopped after {consecutive_connection_errors} ids in a row failed to connect "
+                    f"(last: {outcome.detail}); is the host reachable?"
+                )
+                logger.info(aborted)
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        worker.stop.set()  # jobs in flight return at their next chunk or backoff
+        try:
+            for outcome in pool.finish(grace=min(2.0, timeout)):
+                record(outcome)
+        except KeyboardInterrupt:  # a second Ctrl-C: do not wait at all
+            interrupted = True
+        bar.close()
+        # Requests still blocked on a silent server are abandoned (daemon threads); drop their files.
+        for part in worker.active_parts():
+            with contextlib.suppress(OSError):
+                part.unlink()
+    return outcomes, interrupted, aborted
+
+
 def _select_ids(
     ava_txt: Optional[PathLike], ids: Optional[Iterable[int]], limit: Optional[int]
 ) -> tuple[list[int], int]:
@@ -588,6 +665,39 @@ def _select_ids(
     if limit is not None:
         selected = selected[: max(0, limit)]
     return selected, unlabelled
+
+
+def _summary(
+    outcomes: dict[int, _Outcome],
+    selected: list[int],
+    unlabelled: int,
+    out: Path,
+    url_template: str,
+    page_mode: bool,
+    start: float,
+) -> dict[str, Any]:
+    """The counts and provenance of ``download.json`` (``interrupted`` and ``aborted`` are added by the caller)."""
+    failures = [o for o in outcomes.values() if o.status == "failed"]
+    status_counts = Counter(o.status for o in outcomes.values())
+    seconds = time.perf_counter() - start
+    return {
+        "beholder_version": __version__,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "out_dir": str(out),
+        "url_template": url_template,
+        "page_mode": page_mode,
+        "requested": len(selected),
+        "ok": status_counts["ok"],
+        "skipped": status_counts["skipped"],
+        "failed": status_counts["failed"],
+        "not_attempted": len(selected) - len(outcomes),
+        # Share of the requested ids that failed (ids not attempted are not counted as failed).
+        "failed_fraction": status_counts["failed"] / len(selected) if selected else 0.0,
+        "failures_by_reason": dict(sorted(Counter(o.reason for o in failures).items())),
+        "ids_without_label": unlabelled,
+        "bytes_downloaded": sum(o.nbytes for o in outcomes.values()),
+        "seconds": round(seconds, 3),
+    }
 
 
 def download(
@@ -644,33 +754,24 @@ def download(
                 f"(DPChallenge pages, {DPCHALLENGE_PAGE_TEMPLATE})"
             )
         url_template = DPCHALLENGE_PAGE_TEMPLATE
-    if "{id}" not in url_template:
-        raise ConfigError(f"the URL template must contain {{id}}: {url_template!r}")
-    if urllib.parse.urlsplit(url_template).scheme not in ("http", "https"):
-        raise ConfigError(f"the URL template must be an http(s) URL: {url_template!r}")
-    for name, value, least in (
-        ("workers", workers, 1),
-        ("per_host", per_host, 1),
-        ("retries", retries, 0),
-        ("backoff", backoff, 0),
-        ("max_backoff", max_backoff, 0),
-        ("abort_after", abort_after, 0),  # negative would stop the run after its first outcome
-        ("max_bytes", max_bytes, 1),
-    ):
-        if value < least:
-            raise ConfigError(f"{name} must be at least {least}, got {value}")
-    if timeout <= 0:
-        raise ConfigError(f"timeout must be positive, got {timeout}")
+    _check_options(
+        url_template,
+        workers=workers,
+        per_host=per_host,
+        retries=retries,
+        backoff=backoff,
+        max_backoff=max_backoff,
+        abort_after=abort_after,
+        max_bytes=max_bytes,
+        timeout=timeout,
+    )
 
     selected, unlabelled = _select_ids(ava_txt, ids, limit)
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    stale = list(out.glob("*.part"))
-    for part in stale:  # left by a killed run; never counted as complete
-        with contextlib.suppress(OSError):
-            part.unlink()
+    stale = remove_stale_temporaries(out, "*.part")  # left by a killed run; never counted as complete
     if stale:
-        logger.info("removed %d partial files left by an earlier run", len(stale))
+        logger.info("removed %d partial files left by an earlier run", stale)
     if selected:
         _check_resolvable(url_template.replace("{id}", str(selected[0])))
 
@@ -687,51 +788,7 @@ def download(
         existing=find_images(out),
         max_bytes=max_bytes,
     )
-    outcomes: dict[int, _Outcome] = {}
-    counts: Counter[str] = Counter()
-    interrupted = False
-    aborted: Optional[str] = None
-    consecutive_connection_errors = 0
-    bar = _progress_bar(progress, total=len(selected), desc="download", unit="img")
-    pool = _DaemonPool(worker.download_one, selected, workers, worker.stop)
-
-    def record(outcome: _Outcome) -> None:
-        if outcome.status != "cancelled":
-            outcomes[outcome.image_id] = outcome
-            counts[outcome.status] += 1
-            bar.update(1)
-
-    try:
-        for outcome in pool.results():
-            record(outcome)
-            bar.set_postfix(
-                ok=counts["ok"], skipped=counts["skipped"], failed=counts["failed"], refresh=False
-            )
-            if outcome.status == "failed" and outcome.reason == "connection_error":
-                consecutive_connection_errors += 1
-            elif outcome.status != "cancelled":
-                consecutive_connection_errors = 0
-            if abort_after and consecutive_connection_errors >= abort_after:
-                aborted = (
-                    f"stopped after {consecutive_connection_errors} ids in a row failed to connect "
-                    f"(last: {outcome.detail}); is the host reachable?"
-                )
-                logger.info(aborted)
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        worker.stop.set()  # jobs in flight return at their next chunk or backoff
-        try:
-            for outcome in pool.finish(grace=min(2.0, timeout)):
-                record(outcome)
-        except KeyboardInterrupt:  # a second Ctrl-C: do not wait at all
-            interrupted = True
-        bar.close()
-        # Requests still blocked on a silent server are abandoned (daemon threads); drop their files.
-        for part in worker.active_parts():
-            with contextlib.suppress(OSError):
-                part.unlink()
+    outcomes, interrupted, aborted = _run_pool(worker, selected, workers, timeout, abort_after, progress)
 
     # Jobs that finished after the loop stopped listening still count: the directory is the truth.
     present = find_images(out)
@@ -739,31 +796,13 @@ def download(
         if image_id not in outcomes and image_id in present and image_id not in worker.existing:
             outcomes[image_id] = _Outcome(image_id, "ok")
     failures = [o for o in outcomes.values() if o.status == "failed"]
-    status_counts = Counter(o.status for o in outcomes.values())
-    seconds = time.perf_counter() - start
-    summary: dict[str, Any] = {
-        "beholder_version": __version__,
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "out_dir": str(out),
-        "url_template": url_template,
-        "page_mode": page_mode,
-        "requested": len(selected),
-        "ok": status_counts["ok"],
-        "skipped": status_counts["skipped"],
-        "failed": status_counts["failed"],
-        "not_attempted": len(selected) - len(outcomes),
-        "failures_by_reason": dict(sorted(Counter(o.reason for o in failures).items())),
-        "ids_without_label": unlabelled,
-        "bytes_downloaded": sum(o.nbytes for o in outcomes.values()),
-        "seconds": round(seconds, 3),
-        "interrupted": interrupted,
-        "aborted": aborted,
-    }
+    summary = _summary(outcomes, selected, unlabelled, out, url_template, page_mode, start)
+    summary.update(interrupted=interrupted, aborted=aborted)
     frame = pd.DataFrame(
         [(o.image_id, o.reason, o.detail, o.url) for o in sorted(failures, key=lambda o: o.image_id)],
         columns=FAILURES_COLUMNS,
     ).astype({"image_id": "int64"})
-    _atomic_write(out / FAILURES_FILE, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(out / FAILURES_FILE, lambda tmp: frame.to_csv(tmp, index=False))
     write_json(out / SUMMARY_FILE, summary)
     if interrupted:
         logger.warning(

@@ -7,10 +7,11 @@ fails loudly, naming the file, when the manifest is missing, unreadable or incom
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import pandas as pd
 
@@ -19,6 +20,8 @@ from beholder.files import PathLike
 from beholder.ratings import VOTE_COLUMNS
 
 MANIFEST_FILE = "manifest.parquet"
+#: The summary ``prepare`` writes beside the manifest (counts, options, provenance).
+PREPARE_SUMMARY_FILE = "prepare.json"
 #: The splits a manifest row may belong to.
 SPLITS = ("train", "val", "test")
 #: Columns of ``manifest.parquet``, in order. ``mode`` and ``format`` are extras beyond the issue's list.
@@ -41,7 +44,6 @@ MANIFEST_COLUMNS = [
     "mode",
     "format",
 ]
-
 
 
 def load_manifest(
@@ -91,3 +93,32 @@ def load_manifest(
                 "rerun `beholder ava prepare`"
             )
     return manifest
+
+
+def prepared_image_settings(prepared_dir: PathLike) -> Optional[dict[str, Any]]:
+    """How ``prepare`` resized the cache images: ``{"image_size": (width, height), "resample": str,
+    "jpeg_quality": int}``, read from ``prepare.json``; None when the directory has no
+    ``prepare.json`` (a manifest written by other means, whose cache size is unknown).
+
+    Training checks ``data.image_size`` against this, so that a model is never trained on a cache
+    resized to another size than the one its preprocessing expects.
+
+    Raises:
+        ConfigError: ``prepare.json`` exists but is unreadable or lacks the settings.
+    """
+    path = Path(prepared_dir)
+    if path.suffix == ".parquet":
+        path = path.parent
+    path = path / PREPARE_SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))["options"]
+        width, height = (int(side) for side in options["image_size"])
+        return {
+            "image_size": (width, height),
+            "resample": str(options["resample"]),
+            "jpeg_quality": int(options["jpeg_quality"]),
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the cache settings from {path}: {exc!r}") from exc
