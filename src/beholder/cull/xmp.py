@@ -117,13 +117,13 @@ class SidecarChange:
 
     def describe(self) -> str:
         if not self.changes:
-            return f"{self.sidecar}: unchanged"
+            return f"leave {self.sidecar} unchanged"
         verb = "update" if self.exists else "create"
         parts = [
             f"{short_name(k)} {old}->{new}" if old is not None else f"{short_name(k)}={new}"
             for k, (old, new) in self.changes.items()
         ]
-        return f"{self.sidecar}: {verb} ({', '.join(parts)})"
+        return f"{verb} {self.sidecar} ({', '.join(parts)})"
 
 
 def _parse(data: bytes, path: Path) -> ET.Element:
