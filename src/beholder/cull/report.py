@@ -63,6 +63,13 @@ def distribution_svg(distribution: list[float], mean: float) -> str:
     return "".join(parts)
 
 
+def ordinal(number: float) -> str:
+    """1 -> '1st', 22 -> '22nd', 13 -> '13th'."""
+    value = round(number)
+    suffix = "th" if 10 <= value % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(value % 10, "th")
+    return f"{value}{suffix}"
+
+
 def _stars(count: int) -> str:
     return f'<span class="stars" title="{count} of 5 stars">{"★" * count}<span class="off">{"★" * (5 - count)}</span></span>'
 
@@ -89,7 +96,7 @@ def _card(photo: CulledPhoto, index: int, thumbnails: bool) -> str:
         f'<div class="body"><div class="name" title="{title}">{name}</div>'
         f'<div class="score"><span class="mean">{photo.mean:.2f}</span>'
         f'<span class="std">± {photo.std:.2f}</span>{_stars(photo.stars or 0)}</div>'
-        f'<div class="meta">{photo.ava_percentile:.0f}th percentile of AVA · {html.escape(photo.time.text())}</div>'
+        f'<div class="meta">{ordinal(photo.ava_percentile)} percentile of AVA · {html.escape(photo.time.text()[11:])}</div>'
         f"{distribution_svg(photo.distribution or [0.1] * 10, photo.mean)}</div></article>"
     )
 
