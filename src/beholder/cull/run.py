@@ -1,6 +1,7 @@
 """The cull pipeline: decode each photo once, hash it, score it, group the shoot, pick and rate.
 
-Memory stays bounded on long shoots: photos are decoded ``batch_size`` at a time on a thread pool,
+Memory stays bounded on long shoots: photos are decoded ``batch_size`` at a time on a thread pool
+(the next batch while the model scores this one),
 each decode yields the capture time, a small thumbnail (kept as JPEG bytes, for the report and the
 perceptual hash) and the full image for the model, and the full images are dropped once their
 batch is scored. The model sees exactly what ``beholder score`` would give it (same decode, same
@@ -12,7 +13,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -126,33 +127,47 @@ def _decode(path: str, max_pixels: Optional[int], draft_size) -> tuple[CulledPho
 
 
 def analyse(paths: Sequence[str], scorer, *, progress: Optional[bool] = None) -> list[CulledPhoto]:
-    """Decode, hash and score every photo (in input order), ``scorer.batch_size`` at a time."""
+    """Decode, hash and score every photo (in input order), ``scorer.batch_size`` at a time.
+
+    The next batch decodes on the thread pool while the model scores this one, so at most two
+    batches of full-size images are in memory.
+    """
     photos: list[CulledPhoto] = []
     chunk_size = max(1, int(getattr(scorer, "batch_size", 32)))
     workers = max(1, int(getattr(scorer, "workers", 2)))
     max_pixels = getattr(scorer, "max_pixels", None)
     draft_size = getattr(scorer, "draft_size", None)
+    chunks = [paths[start : start + chunk_size] for start in range(0, len(paths), chunk_size)]
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="beholder-cull") as pool,
         progress_bar(progress, total=len(paths), unit="photo", desc="culling") as bar,
     ):
-        for start in range(0, len(paths), chunk_size):
-            decoded = list(
-                pool.map(lambda p: _decode(p, max_pixels, draft_size), paths[start : start + chunk_size])
-            )
-            readable = [(photo, image) for photo, image in decoded if image is not None]
-            if readable:
-                results = scorer.score([image for _, image in readable], names=[p.path for p, _ in readable])
-                for (photo, _), result in zip(readable, results):
-                    if result.error is not None:
-                        photo.error = result.error
-                    else:
-                        photo.mean, photo.std = result.mean, result.std
-                        photo.distribution = list(result.distribution)
+
+        def submit(chunk: Sequence[str]) -> list[Future]:
+            return [pool.submit(_decode, path, max_pixels, draft_size) for path in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for number in range(len(chunks)):
+            decoded = [future.result() for future in pending]
+            pending = submit(chunks[number + 1]) if number + 1 < len(chunks) else []
+            _score(scorer, decoded)
             photos.extend(photo for photo, _ in decoded)
-            del decoded, readable  # the full-size images of this batch go now
-            bar.update(min(chunk_size, len(paths) - start))
+            bar.update(len(decoded))
+            del decoded  # this batch's full-size images go now
     return photos
+
+
+def _score(scorer, decoded: list[tuple[CulledPhoto, Optional[Image.Image]]]) -> None:
+    readable = [(photo, image) for photo, image in decoded if image is not None]
+    if not readable:
+        return
+    results = scorer.score([image for _, image in readable], names=[p.path for p, _ in readable])
+    for (photo, _), result in zip(readable, results):
+        if result.error is not None:
+            photo.error = result.error
+        else:
+            photo.mean, photo.std = result.mean, result.std
+            photo.distribution = list(result.distribution)
 
 
 def decide(
