@@ -207,7 +207,7 @@ def test_xmp_sidecars_are_read_back_by_exiftool(idealo_weights, tmp_path, capsys
     assert printed.count("would create") == len(shoot.paths) - 1 and printed.count("would update") == 1
     assert existing.read_text() == EXISTING
 
-    code, data = run_cull(tmp_path / "shoot", tmp_path / "report", "--xmp")
+    code, data = run_cull(tmp_path / "shoot", tmp_path / "shoot" / "report", "--xmp")
     assert code == 0
     sidecars = [p.with_suffix(".xmp") for p in shoot.paths]
     tags = exiftool_read(sidecars)
@@ -223,8 +223,12 @@ def test_xmp_sidecars_are_read_back_by_exiftool(idealo_weights, tmp_path, capsys
     assert tags[existing.name]["XMP-crs:Exposure2012"] == "+0.35"
     assert {p.name: sha256(p) for p in shoot.paths} == before  # no original changed
 
-    # A rerun with the same scores changes nothing and writes nothing.
+    # A rerun with the same scores changes nothing and writes nothing; a report folder inside the
+    # shoot is not culled itself (its thumbnails are skipped).
     stamps = {p.name: p.stat().st_mtime_ns for p in sidecars}
-    code, _ = run_cull(tmp_path / "shoot", tmp_path / "report", "--xmp")
-    assert code == 0 and "0 sidecars written" in capsys.readouterr().out
+    capsys.readouterr()
+    code, _ = run_cull(tmp_path / "shoot", tmp_path / "shoot" / "report", "--xmp")
+    printed = capsys.readouterr().out
+    assert code == 0 and "15 photos" in printed and "0 sidecars written" in printed
+    assert len(list((tmp_path / "shoot" / "report" / "thumbs").glob("*.jpg"))) == 15
     assert {p.name: p.stat().st_mtime_ns for p in sidecars} == stamps

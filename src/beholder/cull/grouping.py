@@ -62,17 +62,21 @@ def parse_exif_time(value: Any, subsec: Any = None) -> Optional[float]:
     return seconds
 
 
-def capture_time(image: Image.Image, path: Optional[str] = None) -> CaptureTime:
-    """EXIF DateTimeOriginal (+ SubSecTimeOriginal), else the file's modification time."""
+def capture_time(image: Optional[Image.Image], path: Optional[str] = None) -> CaptureTime:
+    """EXIF DateTimeOriginal (+ SubSecTimeOriginal), else the file's modification time.
+
+    ``image`` is the decoded photo (None when it could not be decoded: only the file time is left).
+    """
+    seconds = None
     try:
-        exif = image.getexif()
-        ifd = exif.get_ifd(EXIF_IFD)
-        seconds = parse_exif_time(ifd.get(DATETIME_ORIGINAL), ifd.get(SUBSEC_TIME_ORIGINAL))
-        if seconds is None:
-            seconds = parse_exif_time(exif.get(DATETIME))
+        if image is not None:
+            exif = image.getexif()
+            ifd = exif.get_ifd(EXIF_IFD)
+            seconds = parse_exif_time(ifd.get(DATETIME_ORIGINAL), ifd.get(SUBSEC_TIME_ORIGINAL))
+            if seconds is None:
+                seconds = parse_exif_time(exif.get(DATETIME))
     except Exception:  # a broken EXIF block must not cost the photo; its file time still orders it
         logger.debug("unreadable EXIF in %s", path, exc_info=True)
-        seconds = None
     if seconds is not None:
         return CaptureTime(seconds, "exif")
     if path is not None:

@@ -159,9 +159,13 @@ def render_csv(result: CullResult) -> str:
 def write_report(result: CullResult, out_dir: PathLike, *, title: str = "") -> Path:
     """Write thumbnails, ``cull.json``, ``cull.csv`` and ``index.html`` (last) into ``out_dir``."""
     out = Path(out_dir)
+    written = set()
     for index, photo in enumerate(result.photos):
         if photo.thumbnail:
-            atomic_write_bytes(out / thumbnail_name(index), photo.thumbnail)
+            written.add(atomic_write_bytes(out / thumbnail_name(index), photo.thumbnail).name)
+    for stale in (out / "thumbs").glob("[0-9][0-9][0-9][0-9][0-9].jpg"):  # from an earlier, larger run
+        if stale.name not in written:
+            stale.unlink()
     write_json(out / "cull.json", result.to_dict())
     atomic_write_text(out / "cull.csv", render_csv(result))
     page = atomic_write_text(out / "index.html", render_html(result, title=title))

@@ -116,7 +116,7 @@ def _decode(path: str, max_pixels: Optional[int], draft_size) -> tuple[CulledPho
     try:
         image = open_image(path, max_pixels=max_pixels, draft_size=draft_size)
     except ImageLoadError as exc:
-        return CulledPhoto(path, capture_time(Image.new("RGB", (1, 1)), path), error=exc.problem), None
+        return CulledPhoto(path, capture_time(None, path), error=exc.problem), None
     photo = CulledPhoto(path, capture_time(image, path), width=image.width, height=image.height)
     small = _thumbnail(image)
     photo.phash = perceptual_hash(small)
