@@ -118,11 +118,16 @@ def _decode(path: str, max_pixels: Optional[int], draft_size) -> tuple[CulledPho
     except ImageLoadError as exc:
         return CulledPhoto(path, capture_time(None, path), error=exc.problem), None
     photo = CulledPhoto(path, capture_time(image, path), width=image.width, height=image.height)
-    small = _thumbnail(image)
-    photo.phash = perceptual_hash(small)
-    buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
-    photo.thumbnail = buffer.getvalue()
+    try:
+        small = _thumbnail(image)
+        photo.phash = perceptual_hash(small)
+        buffer = io.BytesIO()
+        small.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
+        photo.thumbnail = buffer.getvalue()
+    except Exception as exc:  # one odd photo must not stop the shoot; it is listed as unreadable
+        logger.debug("hashing failed for %s", path, exc_info=True)
+        photo.error = f"{type(exc).__name__}: {exc}"
+        return photo, None
     return photo, image
 
 
