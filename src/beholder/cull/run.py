@@ -28,7 +28,7 @@ from beholder.cull.grouping import (
     shoot_order,
 )
 from beholder.cull.stars import choose_picks, shoot_percentiles, stars_from_percentile
-from beholder.errors import ImageLoadError
+from beholder.errors import ConfigError, ImageLoadError
 from beholder.files import progress_bar
 from beholder.imageio import open_image
 
@@ -137,6 +137,10 @@ def analyse(paths: Sequence[str], scorer, *, progress: Optional[bool] = None) ->
     The next batch decodes on the thread pool while the model scores this one, so at most two
     batches of full-size images are in memory.
     """
+    try:
+        import imagehash  # noqa: F401  (checked here, once, rather than failing on every photo)
+    except ImportError as exc:
+        raise ConfigError("culling needs the imagehash package: pip install 'beholder[cull]'") from exc
     photos: list[CulledPhoto] = []
     chunk_size = max(1, int(getattr(scorer, "batch_size", 32)))
     workers = max(1, int(getattr(scorer, "workers", 2)))
