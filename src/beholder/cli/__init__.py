@@ -19,6 +19,7 @@ from beholder.errors import ConfigError
 # Sub-command modules, in the order `beholder --help` lists them.
 COMMAND_MODULES = [
     "beholder.cli.score",
+    "beholder.cli.cull",
     "beholder.cli.models",
     "beholder.cli.ava",
     "beholder.cli.prepare",
