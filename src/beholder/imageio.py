@@ -67,7 +67,7 @@ _ORIENTATIONS = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_TILE_BYTES = 8 << 20  # row tiles of high-bit-depth conversion: a few MB of float64 at a time
+_TILE_BYTES = 4 << 20  # row tiles of high-bit-depth conversion: a few MB of float64 at a time
 # Freed image blocks Pillow keeps for reuse (16 MB each): fresh large allocations are slow, and a
 # decode loop allocates the same sizes again and again. Bounded, so at most 256 MB stay cached.
 _PIL_BLOCKS_MAX = 16
@@ -345,9 +345,9 @@ def _decode_bytes(image: Image.Image, keep_grey: bool) -> int:
     """Memory the decode will hold at its peak: the decoded pixels plus the converted copy."""
     width, height = image.size
     stored = _STORAGE_BYTES.get(image.mode, 4)
-    grey = image.mode in ("L", *_HIGH_BIT_GREY)
-    converted = 1 if grey and keep_grey else 4
-    return width * height * (stored + converted)
+    high_bit = image.mode in _HIGH_BIT_GREY  # goes through an 8-bit grey copy first
+    converted = 1 if keep_grey and (high_bit or image.mode == "L") else 4
+    return width * height * (stored + high_bit + converted)
 
 
 def _reduce_to_fit(image: Image.Image, label: str, needed: int, max_bytes: int, keep_grey: bool) -> int:
@@ -359,14 +359,14 @@ def _reduce_to_fit(image: Image.Image, label: str, needed: int, max_bytes: int, 
             needed = _decode_bytes(image, keep_grey)
             if needed <= max_bytes:
                 logger.warning(
-                    "%s: decoding at %dx%d instead of %dx%d to stay under %d MB",
-                    label, *image.size, width, height, max_bytes >> 20,
+                    "%s: decoding at %dx%d instead of %dx%d to stay under %.0f MB",
+                    label, *image.size, width, height, max_bytes / 1e6,
                 )  # fmt: skip
                 return needed
     raise ImageLoadError(
         label,
-        f"too large to decode: needs about {needed >> 20:,} MB ({image.size[0]}x{image.size[1]} "
-        f"{image.mode}) > limit {max_bytes >> 20:,} MB",
+        f"too large to decode: needs about {needed / 1e6:,.0f} MB ({image.size[0]}x{image.size[1]} "
+        f"{image.mode}) > limit {max_bytes / 1e6:,.0f} MB",
     )
 
 
@@ -423,13 +423,21 @@ def _high_bit_to_grey(image: Image.Image) -> Image.Image:
         elif image.mode == "I":
             peak = 65535.0 if image.getextrema()[1] > 255 else 255.0
         else:
-            top_value = max((np.nanmax(tile(*t), initial=-np.inf) for t in tiles), default=0.0)
+            top_value = max((_finite_max(tile(*t)) for t in tiles), default=0.0)
             peak = 1.0 if top_value <= 1.0 else 255.0
         grey = np.empty((height, width), np.uint8)
         for top, bottom in tiles:
-            values = np.nan_to_num(tile(top, bottom), nan=0.0, posinf=peak, neginf=0.0)
-            grey[top:bottom] = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            values = np.nan_to_num(tile(top, bottom), copy=False, nan=0.0, posinf=peak, neginf=0.0)
+            # In place, in the order of the original clip(v / peak * 255 + 0.5): same rounding.
+            values /= peak
+            values *= 255.0
+            values += 0.5
+            grey[top:bottom] = np.clip(values, 0, 255, out=values)
     return Image.fromarray(grey)
+
+
+def _finite_max(values: np.ndarray) -> float:
+    return float(np.max(values, where=np.isfinite(values), initial=-np.inf))
 
 
 def is_image_file(path: Union[str, os.PathLike]) -> bool:
