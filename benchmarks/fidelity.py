@@ -21,14 +21,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_like import write_photo_jpegs  # noqa: E402
-
-from beholder.imageio import is_image_file  # noqa: E402
-from beholder.preprocessing import load_input  # noqa: E402
-from beholder.ratings import SCORES  # noqa: E402
+from beholder.imageio import is_image_file
+from beholder.preprocessing import load_input
+from beholder.ratings import SCORES
+from photo_like import write_photo_jpegs
 
 SIZES = {"12 MP": (4032, 3024), "2 MP": (1632, 1224), "0.5 MP": (816, 612)}
-KERAS_MEANS = {"42039": 5.154, "42040": 4.232, "42041": 5.450, "42042": 5.164, "42044": 5.729, "800749": 6.081}
+KERAS_MEANS = {
+    "42039": 5.154,
+    "42040": 4.232,
+    "42041": 5.450,
+    "42042": 5.164,
+    "42044": 5.729,
+    "800749": 6.081,
+}
 
 
 def export_idealo(folder: Path) -> tuple[str, object]:
@@ -71,14 +77,16 @@ def main(argv=None) -> None:
             exact = means(session, paths, pre, "exact")
             worst = max(abs(m - KERAS_MEANS[Path(p).stem]) for p, m in zip(paths, exact))
             print(f"exact vs idealo Keras reference on {len(paths)} AVA images: max |delta mean| {worst:.4f}")
-        print(f"| size | images | SRCC fast vs exact | mean abs delta mean | max abs delta mean |")
+        print("| size | images | SRCC fast vs exact | mean abs delta mean | max abs delta mean |")
         print("|---|---|---|---|---|")
         for label, size in SIZES.items():
             paths = write_photo_jpegs(work / label.replace(" ", ""), size, args.images, seed=1000)
             exact, fast = means(session, paths, pre, "exact"), means(session, paths, pre, "fast")
             delta = np.abs(fast - exact)
             srcc = spearmanr(exact, fast).statistic
-            print(f"| {label} {size[0]}x{size[1]} | {len(paths)} | {srcc:.4f} | {delta.mean():.4f} | {delta.max():.4f} |")
+            print(
+                f"| {label} {size[0]}x{size[1]} | {len(paths)} | {srcc:.4f} | {delta.mean():.4f} | {delta.max():.4f} |"
+            )
             sys.stdout.flush()
 
 

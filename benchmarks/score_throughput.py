@@ -33,11 +33,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_like import write_photo_jpegs  # noqa: E402
-
-from beholder.models import build_nima, get_model_spec  # noqa: E402
-from beholder.models.registry import DEFAULT_MODEL  # noqa: E402
-from beholder.preprocessing import Preprocessing, build_eval_transform, load_input  # noqa: E402
+from beholder.models import build_nima, get_model_spec
+from beholder.models.registry import DEFAULT_MODEL
+from beholder.preprocessing import Preprocessing, build_eval_transform, load_input
+from photo_like import write_photo_jpegs
 
 SIZES = {"12 MP": (4032, 3024), "2 MP": (1632, 1224), "0.5 MP": (816, 612)}
 BatchFn = Callable[[np.ndarray], np.ndarray]
@@ -47,7 +46,9 @@ def baseline(model: torch.nn.Module, paths: list[str], batch_size: int) -> None:
     transform = build_eval_transform(model.preprocessing)
     with torch.no_grad():
         for start in range(0, len(paths), batch_size):
-            batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[start : start + batch_size]])
+            batch = torch.stack(
+                [transform(Image.open(p).convert("RGB")) for p in paths[start : start + batch_size]]
+            )
             torch.softmax(model(batch), dim=-1)
 
 
@@ -62,7 +63,9 @@ def decode_only(paths: list[str], threads: int, draft: tuple[int, int] | None) -
         list(pool.map(decode, paths))
 
 
-def pipeline(paths: list[str], pre: Preprocessing, fidelity: str, run: BatchFn, threads: int, batch_size: int):
+def pipeline(
+    paths: list[str], pre: Preprocessing, fidelity: str, run: BatchFn, threads: int, batch_size: int
+):
     """Decode on ``threads`` threads while the model runs batches in this one."""
     with ThreadPoolExecutor(threads) as pool:
         batch = []
@@ -105,6 +108,25 @@ def torch_runner(model: torch.nn.Module) -> BatchFn:
     return run
 
 
+def size_rows(model, paths: list[str], runners: dict[str, BatchFn], args) -> dict[str, Callable[[], None]]:
+    """The timed rows for one size, baseline first."""
+    pre = model.preprocessing
+    rows = {
+        "baseline: PIL full decode, nearest, eager fp32 torch, 1 thread": lambda: baseline(
+            model, paths, args.batch_size
+        ),
+        "decode-only floor, full size": lambda: decode_only(paths, args.threads, None),
+        "decode-only floor, DCT-scaled (fast)": lambda: decode_only(
+            paths, args.threads, pre.fidelity_draft_size("fast")
+        ),
+    }
+    for runtime, fidelity in (("onnxruntime", "exact"), ("onnxruntime", "fast"), ("torch", "exact")):
+        rows[f"beholder load_input + {runtime}, fidelity={fidelity}"] = (
+            lambda r=runners[runtime], f=fidelity: pipeline(paths, pre, f, r, args.threads, args.batch_size)
+        )
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32, help="JPEGs per size (0.5 MP gets 4x, 2 MP 2x)")
@@ -118,7 +140,6 @@ def main(argv=None) -> None:
     spec = get_model_spec(DEFAULT_MODEL)
     torch.manual_seed(0)
     model = build_nima(spec.architecture, preprocessing=spec.preprocessing).eval()
-    pre = model.preprocessing
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         runners = {"onnxruntime": onnx_runner(model, Path(tmp), args.threads), "torch": torch_runner(model)}
@@ -131,19 +152,7 @@ def main(argv=None) -> None:
             count = args.images * {"12 MP": 1, "2 MP": 2, "0.5 MP": 4}[label]
             paths = write_photo_jpegs(work / label.replace(" ", ""), size, count, seed=2000)
             mb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e6
-            rows = {
-                "baseline: PIL full decode, nearest, eager fp32 torch, 1 thread": lambda: baseline(
-                    model, paths, args.batch_size
-                ),
-                "decode-only floor, full size": lambda: decode_only(paths, args.threads, None),
-                "decode-only floor, DCT-scaled (fast)": lambda: decode_only(
-                    paths, args.threads, pre.fidelity_draft_size("fast")
-                ),
-            }
-            for runtime, fidelity in (("onnxruntime", "exact"), ("onnxruntime", "fast"), ("torch", "exact")):
-                rows[f"beholder load_input + {runtime}, fidelity={fidelity}"] = (
-                    lambda r=runners[runtime], f=fidelity: pipeline(paths, pre, f, r, args.threads, args.batch_size)
-                )
+            rows = size_rows(model, paths, runners, args)
             best = {name: float("inf") for name in rows}
             for _ in range(args.repeats):
                 for name, function in rows.items():

@@ -57,7 +57,11 @@ def test_heic_avif_and_dng_preview_score_like_png(tmp_path: Path, idealo_weights
     for suffix in ("heic", "avif", "dng"):
         path = tmp_path / f"photo.{suffix}"
         assert open_image(path).size == (1200, 900), path
-        assert abs(_mean_score(model, path) - reference) <= 0.02, (suffix, _mean_score(model, path), reference)
+        assert abs(_mean_score(model, path) - reference) <= 0.02, (
+            suffix,
+            _mean_score(model, path),
+            reference,
+        )
 
 
 def test_heif_files_open_under_any_name(tmp_path: Path) -> None:
@@ -99,7 +103,9 @@ def test_missing_raw_extra_names_the_package(tmp_path: Path, monkeypatch: pytest
     path = tmp_path / "IMG_1.CR2"
     path.write_bytes(b"II*\x00" + bytes(64))
     monkeypatch.setitem(sys.modules, "rawpy", None)
-    with pytest.raises(ImageLoadError, match=r"IMG_1\.CR2: camera RAW files need rawpy: pip install 'beholder\[raw\]'"):
+    with pytest.raises(
+        ImageLoadError, match=r"IMG_1\.CR2: camera RAW files need rawpy: pip install 'beholder\[raw\]'"
+    ):
         open_image(path)
 
 

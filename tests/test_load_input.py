@@ -23,7 +23,9 @@ from beholder.preprocessing import (
 PREPROCESSINGS = [
     Preprocessing(),  # idealo: 224x224 nearest
     Preprocessing(resize=(224, 224), interpolation="bilinear"),
-    Preprocessing(resize=256, crop=224, interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    Preprocessing(
+        resize=256, crop=224, interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    ),
     Preprocessing(resize=(200, 180), interpolation="nearest", crop=224),  # crop larger than the image: padded
 ]
 SIZES = [(224, 224), (57, 31), (301, 457), (640, 1280)]
@@ -33,7 +35,9 @@ def _textured(size: tuple[int, int], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     width, height = size
     y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([np.sin(x / rng.uniform(3, 40)), np.cos(y / rng.uniform(3, 40)), (x + y) / (width + height)], -1)
+    base = np.stack(
+        [np.sin(x / rng.uniform(3, 40)), np.cos(y / rng.uniform(3, 40)), (x + y) / (width + height)], -1
+    )
     noisy = base * rng.uniform(60, 127, 3) + 128 + rng.normal(0, 25, (height, width, 3))
     return np.clip(noisy, 0, 255).astype(np.uint8)
 

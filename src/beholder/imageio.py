@@ -268,7 +268,11 @@ def _open_path(path: str, label: str) -> BinaryIO:
 
 
 def _file_kind(mode: int) -> str:
-    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
     return next((kind for test, kind in kinds if test(mode)), "a socket or other special file")
 
 

@@ -57,7 +57,9 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")
+            raise ValueError(
+                f"interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
         if isinstance(self.resize, list):
             self.resize = tuple(self.resize)
         self.mean = tuple(float(v) for v in self.mean)
@@ -179,7 +181,7 @@ def _center_crop(pixels: np.ndarray, side: int) -> np.ndarray:
         pad_y, pad_x = max(side - height, 0), max(side - width, 0)
         pixels = np.pad(pixels, ((pad_y // 2, (pad_y + 1) // 2), (pad_x // 2, (pad_x + 1) // 2), (0, 0)))
         height, width = pixels.shape[:2]
-    top, left = int(round((height - side) / 2.0)), int(round((width - side) / 2.0))
+    top, left = round((height - side) / 2.0), round((width - side) / 2.0)
     return pixels[top : top + side, left : left + side]
 
 
