@@ -65,7 +65,7 @@ def test_heic_avif_and_dng_preview_score_like_png(tmp_path: Path, idealo_weights
 
 
 def test_heif_files_open_under_any_name(tmp_path: Path) -> None:
-    pytest.importorskip("pillow_heif")
+    pytest.importorskip("pillow_heif").register_heif_opener()  # to write the file
     path = tmp_path / "IMG_0001.jpg"  # a misnamed HEIC, as phones and transfer tools produce
     _scene(160, 120).save(tmp_path / "x.heic", quality=90)
     path.write_bytes((tmp_path / "x.heic").read_bytes())
