@@ -60,7 +60,7 @@ def ensure_heif_support(kind: str, label: str) -> None:
     """Make Pillow able to open ``kind`` ('heif' or 'avif'), or raise naming the package to install."""
     global _heif_registered
     if kind == "avif" and features.check_module("avif"):
-        return  # Pillow's own AVIF plugin (Pillow >= 11.3 wheels)
+        return  # Pillow's own AVIF plugin
     with _register_lock:
         if _heif_registered:
             return
@@ -69,7 +69,7 @@ def ensure_heif_support(kind: str, label: str) -> None:
         except ImportError as exc:
             if kind == "avif":
                 raise ImageLoadError(
-                    label, "AVIF needs a Pillow with AVIF support (Pillow >= 11.3) or pillow-heif < 1.0"
+                    label, "AVIF needs a Pillow built with AVIF support (recent Pillow wheels) or pillow-heif < 1.0"
                 ) from exc
             raise ImageLoadError(label, _HEIF_INSTALL) from exc
         pillow_heif.register_heif_opener()

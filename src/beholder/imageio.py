@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import io
 import logging
 import os
@@ -23,7 +24,9 @@ import re
 import stat
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, Optional, Union
 
 import numpy as np
@@ -446,3 +449,58 @@ def _finite_max(values: np.ndarray) -> float:
 
 def is_image_file(path: Union[str, os.PathLike]) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_SUFFIXES
+
+
+@dataclass
+class FoundImages:
+    """What :func:`find_images` found: paths to load, and inputs that gave nothing, with why."""
+
+    paths: list[str] = field(default_factory=list)
+    problems: list[ImageLoadError] = field(default_factory=list)
+
+
+def find_images(patterns: Sequence[Union[str, os.PathLike]]) -> FoundImages:
+    """Expand files, directories (recursively, image suffixes, no hidden files, sorted) and globs.
+
+    Never raises for a bad input: a path that is missing or cannot be reached is kept as a path,
+    so that loading reports it per file ("file not found", "permission denied"); a directory that
+    cannot be listed, a subdirectory that cannot be read and a glob that matches nothing become
+    ``problems``.
+    """
+    found = FoundImages()
+    for pattern in patterns:
+        text = os.fspath(pattern)
+        try:
+            is_dir = stat.S_ISDIR(os.stat(text).st_mode)
+        except OSError:
+            is_dir = False  # missing or unreachable: a literal path (or a glob), reported when loaded
+        if is_dir:
+            found.paths.extend(_scan_directory(text, found.problems))
+        elif glob.has_magic(text) and not os.path.lexists(text):
+            matches = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
+            if not matches:
+                found.problems.append(ImageLoadError(text, "no files match this pattern"))
+            found.paths.extend(matches)
+        else:
+            found.paths.append(text)
+    return found
+
+
+def _scan_directory(top: str, problems: list[ImageLoadError]) -> list[str]:
+    def unreadable(exc: OSError) -> None:
+        where = exc.filename or top
+        problems.append(ImageLoadError(where, f"cannot list this directory: {_os_problem(exc)}"))
+
+    paths = []
+    for folder, _, files in os.walk(top, onerror=unreadable):
+        # Entries that are not regular files (broken links, FIFOs) are kept: loading names the problem.
+        paths.extend(Path(folder, name) for name in files if not name.startswith(".") and is_image_file(name))
+    return [str(path) for path in sorted(paths)]
+
+
+def expand_inputs(patterns: Sequence[Union[str, os.PathLike]]) -> list[str]:
+    """:func:`find_images`' paths; its problems are logged as warnings (use find_images to report them)."""
+    found = find_images(patterns)
+    for problem in found.problems:
+        logger.warning("%s", problem)
+    return found.paths
