@@ -41,8 +41,9 @@ ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 
 #: Default pixel limit: 128 megapixels, far above any camera photo, far below a decompression bomb.
 DEFAULT_MAX_PIXELS = 128_000_000
-#: Default limit on the memory one decode may need (decoded pixels plus conversion copies).
-DEFAULT_MAX_DECODE_BYTES = 1 << 30
+#: Default limit on the memory one decode may need (decoded pixels plus conversion copies): a
+#: 128 MP RGB or RGBA photo fits; one input then stays under about 1.5 GB of peak RSS.
+DEFAULT_MAX_DECODE_BYTES = 1_200_000_000
 #: Default total decode memory shared by all threads (see :data:`DEFAULT_DECODE_BUDGET`).
 DEFAULT_DECODE_BUDGET_BYTES = 1 << 30
 
@@ -58,6 +59,7 @@ IMAGE_SUFFIXES = (
 # Alpha is composited on white: a transparent product cut-out is judged as it would look on a page.
 _BACKGROUND = (255, 255, 255)
 _HIGH_BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # Bytes per pixel of Pillow's storage (RGB is stored as 4 bytes a pixel).
 _STORAGE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # EXIF orientation -> the transposition that displays the image upright (as ImageOps.exif_transpose).
@@ -354,7 +356,8 @@ def _decode_bytes(image: Image.Image, keep_grey: bool) -> int:
     stored = _STORAGE_BYTES.get(image.mode, 4)
     high_bit = image.mode in _HIGH_BIT_GREY  # goes through an 8-bit grey copy first
     converted = 1 if keep_grey and (high_bit or image.mode == "L") else 4
-    return width * height * (stored + high_bit + converted)
+    alpha = 1 if image.mode in _ALPHA_MODES or "transparency" in image.info else 0  # the mask channel
+    return width * height * (stored + high_bit + converted + alpha)
 
 
 def _reduce_to_fit(image: Image.Image, label: str, needed: int, max_bytes: int, keep_grey: bool) -> int:
@@ -399,8 +402,8 @@ def _convert(image: Image.Image, label: str, keep_grey: bool = False) -> Image.I
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
         mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
+    if mode in _ALPHA_MODES:
+        rgba = image if mode == "RGBA" else image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, _BACKGROUND)
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
