@@ -136,3 +136,19 @@ def test_the_scoring_path_does_not_import_torch(tmp_path: Path) -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+@pytest.mark.slow
+def test_exact_mode_reproduces_idealo_keras_means(idealo_weights: Path, sample_images: Path) -> None:
+    import torch
+
+    from beholder.models import create_model
+    from conftest import IDEALO_KERAS_MEANS
+
+    model = create_model(progress=False)
+    names = sorted(IDEALO_KERAS_MEANS)
+    batch = torch.from_numpy(np.stack([load_input(sample_images / n, model.preprocessing) for n in names]))
+    with torch.no_grad():
+        means = torch.softmax(model(batch), dim=-1).numpy() @ np.arange(1, 11)
+    for name, mean in zip(names, means):
+        assert abs(mean - IDEALO_KERAS_MEANS[name]) < 0.01, (name, mean)
