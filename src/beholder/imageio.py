@@ -10,6 +10,10 @@ the decode will need (estimated from mode and size before any pixel is decoded),
 :class:`DecodeBudget` shared by every thread that decodes, so that N workers decoding huge images
 at once cannot add up past it. High-bit-depth images are scaled to 8 bits in row tiles, never as a
 full-size float copy.
+
+The module is a little over 500 lines because it is the one home of what an input image is: where
+images are found, how files are opened and refused, what memory a decode may take, and how every
+mode becomes RGB. Formats that need optional packages live in :mod:`beholder.formats`.
 """
 
 from __future__ import annotations
