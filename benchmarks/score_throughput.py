@@ -1,54 +1,49 @@
-"""End-to-end scoring throughput: Beholder's Scorer against a plain eager fp32 PyTorch loop.
+"""End-to-end scoring throughput on real photo sizes: Beholder's input path against an eager fp32 loop.
 
-Generates N 800x600 JPEGs, then times, in the same process and on the same files:
+For each size (12 MP 4032x3024, 2 MP 1632x1224, 0.5 MP 816x612) it writes N seeded photo-like
+JPEGs at q90 (a 12 MP one is 3-4 MB, like a phone photo), then times, in the same process, on the
+same files:
 
-* baseline: PIL open -> resize -> to tensor -> model, batch 32, one thread of decoding, eager
-  fp32, NCHW, ``torch.no_grad`` (what most NIMA scripts do);
-* the :class:`~beholder.inference.Scorer` with each installed runtime (decoding on threads,
-  overlapped with the model, fused BatchNorm, channels_last, ``inference_mode``);
-* the same with a bilinear-preprocessing model, where JPEG draft decoding is allowed.
+* baseline: PIL full decode -> nearest resize -> to tensor -> eager fp32 torch model (unfused,
+  NCHW, ``no_grad``), batch 32, decoding on one thread: what most NIMA scripts do;
+* the decode-only floor: PIL decode alone on the decoding threads (full size, and DCT-scaled);
+* Beholder's input path, :func:`beholder.preprocessing.load_input` on a thread pool (PIL releases
+  the GIL while decoding) feeding batches of 32 to ONNX Runtime (fidelity exact and fast) or to the
+  torch runtime (a BatchNorm-fused, channels-last copy under ``inference_mode``; exact).
 
 Weights do not change the speed, so the model is the default model's architecture with random
-weights (no download needed). Usage: ``python benchmarks/score_throughput.py [--images 256]``.
+weights (no download needed). Rows are run interleaved, best of ``--repeats``, so that load from
+other processes hits every row alike. Usage: ``python benchmarks/score_throughput.py [--images 32]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import copy
+import os
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, List
 
 import numpy as np
 import torch
 from PIL import Image
 
-from beholder.inference import Scorer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from beholder.models import build_nima, get_model_spec
 from beholder.models.registry import DEFAULT_MODEL
-from beholder.preprocessing import build_eval_transform
-from beholder.runtimes import available_runtimes, create_runtime
+from beholder.preprocessing import Preprocessing, build_eval_transform, load_input
+from photo_like import write_photo_jpegs
+
+SIZES = {"12 MP": (4032, 3024), "2 MP": (1632, 1224), "0.5 MP": (816, 612)}
+BatchFn = Callable[[np.ndarray], np.ndarray]
 
 
-def make_jpegs(directory: Path, count: int, seed: int = 0) -> List[str]:
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        # Smooth gradients plus noise: compresses like a photo, not like flat colour or pure noise.
-        y, x = np.mgrid[0:600, 0:800]
-        base = np.stack([x / 800, y / 600, (x + y) / 1400], -1) * 255 * rng.uniform(0.5, 1.0, 3)
-        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        path = directory / f"img_{i:04d}.jpg"
-        Image.fromarray(pixels).save(path, quality=90)
-        paths.append(str(path))
-    return paths
-
-
-def baseline(model: torch.nn.Module, paths: List[str], batch_size: int) -> None:
+def baseline(model: torch.nn.Module, paths: list[str], batch_size: int) -> None:
     transform = build_eval_transform(model.preprocessing)
-    model.eval()
     with torch.no_grad():
         for start in range(0, len(paths), batch_size):
             batch = torch.stack(
@@ -57,89 +52,119 @@ def baseline(model: torch.nn.Module, paths: List[str], batch_size: int) -> None:
             torch.softmax(model(batch), dim=-1)
 
 
-def timed(function: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
+def decode_only(paths: list[str], threads: int, draft: tuple[int, int] | None) -> None:
+    def decode(path: str) -> None:
+        with Image.open(path) as image:
+            if draft:
+                image.draft("RGB", draft)
+            image.load()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(decode, paths))
+
+
+def pipeline(
+    paths: list[str], pre: Preprocessing, fidelity: str, run: BatchFn, threads: int, batch_size: int
+):
+    """Decode on ``threads`` threads while the model runs batches in this one."""
+    with ThreadPoolExecutor(threads) as pool:
+        batch = []
+        for item in pool.map(lambda path: load_input(path, pre, fidelity=fidelity), paths):
+            batch.append(item)
+            if len(batch) == batch_size:
+                run(np.stack(batch))
+                batch = []
+        if batch:
+            run(np.stack(batch))
+
+
+def onnx_runner(model: torch.nn.Module, folder: Path, threads: int) -> BatchFn:
+    import onnxruntime as ort
+
+    from beholder.export import export_onnx
+
+    path = export_onnx(model, folder / "model.onnx", check=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"images": batch})[0]
+
+
+def torch_runner(model: torch.nn.Module) -> BatchFn:
+    fused = copy.deepcopy(model).eval()
+    try:
+        from beholder.runtimes import fuse_conv_bn
+
+        fuse_conv_bn(fused)
+    except ImportError:
+        pass
+    fused = fused.to(memory_format=torch.channels_last)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            tensor = torch.from_numpy(batch).to(memory_format=torch.channels_last)
+            return torch.softmax(fused(tensor), dim=-1).numpy()
+
+    return run
+
+
+def size_rows(model, paths: list[str], runners: dict[str, BatchFn], args) -> dict[str, Callable[[], None]]:
+    """The timed rows for one size, baseline first."""
+    pre = model.preprocessing
+    rows = {
+        "baseline: PIL full decode, nearest, eager fp32 torch, 1 thread": lambda: baseline(
+            model, paths, args.batch_size
+        ),
+        "decode-only floor, full size": lambda: decode_only(paths, args.threads, None),
+        "decode-only floor, DCT-scaled (fast)": lambda: decode_only(
+            paths, args.threads, pre.fidelity_draft_size("fast")
+        ),
+    }
+    for runtime, fidelity in (("onnxruntime", "exact"), ("onnxruntime", "fast"), ("torch", "exact")):
+        rows[f"beholder load_input + {runtime}, fidelity={fidelity}"] = (
+            lambda r=runners[runtime], f=fidelity: pipeline(paths, pre, f, r, args.threads, args.batch_size)
+        )
+    return rows
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--images", type=int, default=32, help="JPEGs per size (0.5 MP gets 4x, 2 MP 2x)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="best of N timed passes per row")
-    parser.add_argument("--runtimes", nargs="*", default=None, help="default: every installed runtime")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="decoding threads")
+    parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--workdir", default=None, help="keep the generated JPEGs here (default: temporary)")
     args = parser.parse_args(argv)
 
     spec = get_model_spec(DEFAULT_MODEL)
     torch.manual_seed(0)
     model = build_nima(spec.architecture, preprocessing=spec.preprocessing).eval()
-    bilinear = dataclasses.replace(spec.preprocessing, interpolation="bilinear")
-    bilinear_model = build_nima(spec.architecture, preprocessing=bilinear).eval()
-    bilinear_model.load_state_dict(model.state_dict())
-
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_jpegs(Path(tmp), args.images)
+        work = Path(args.workdir or tmp)
+        runners = {"onnxruntime": onnx_runner(model, Path(tmp), args.threads), "torch": torch_runner(model)}
         print(
-            f"{args.images} JPEGs 800x600, batch {args.batch_size}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, best of {args.repeats}"
+            f"batch {args.batch_size}, {args.threads} decoding threads, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), best of {args.repeats}; default fidelity: exact"
         )
-        rows = [("baseline: eager fp32, PIL, 1 process", lambda: baseline(model, paths, args.batch_size))]
-        for runtime in args.runtimes or [*available_runtimes(), "auto"]:
-            scorer = Scorer(model, runtime=runtime, batch_size=args.batch_size)
-            label = runtime if runtime != "auto" else f"auto (-> {scorer.runtime.name})"
-            rows.append((f"beholder Scorer, runtime={label}", lambda s=scorer: s.score(paths)))
-        draft_scorer = Scorer(bilinear_model, batch_size=args.batch_size)
-        rows.append(
-            ("beholder Scorer, torch, bilinear model (JPEG draft)", lambda: draft_scorer.score(paths))
-        )
-
-        reference = None
-        print(f"{'configuration':<55} {'img/s':>8} {'ratio':>7}")
-        for name, function in rows:
-            function()  # warm-up: thread pools, oneDNN kernels, runtime sessions
-            seconds = timed(function, args.repeats)
-            rate = args.images / seconds
-            reference = reference or rate
-            print(f"{name:<55} {rate:8.1f} {rate / reference:6.2f}x")
-
-        model_only(model, draft_scorer.preprocess(paths[0]), args)
-
-
-def model_only(model: torch.nn.Module, image: torch.Tensor, args) -> None:
-    """The model alone on a preprocessed batch: each runtime against eager fp32 (unfused, NCHW).
-
-    Runs are interleaved (one call of each, repeated), so that load from other processes on a
-    shared machine hits every row alike; prints the best and the median.
-    """
-    batch = image.expand(args.batch_size, *image.shape).contiguous()  # (B, 3, H, W)
-
-    def eager(x):
-        with torch.no_grad():
-            return torch.softmax(model(x), dim=-1)
-
-    calls = {"eager fp32 (no fusion, NCHW, no_grad)": eager}
-    for runtime in args.runtimes or available_runtimes():
-        calls[f"runtime={runtime}"] = create_runtime(runtime, model)
-    times = {name: [] for name in calls}
-    for call in calls.values():
-        call(batch)  # warm-up
-    for _ in range(max(5, 3 * args.repeats)):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call(batch)
-            times[name].append(time.perf_counter() - start)
-    print(
-        f"\nmodel only: preprocessed batch of {args.batch_size}, no decoding (best, median of {len(times[name])})"
-    )
-    print(f"{'configuration':<55} {'img/s':>8} {'ratio':>7} {'median':>8}")
-    reference = args.batch_size / min(next(iter(times.values())))
-    for name, seconds in times.items():
-        best, median = args.batch_size / min(seconds), args.batch_size / float(np.median(seconds))
-        print(f"{name:<55} {best:8.1f} {best / reference:6.2f}x {median:8.1f}")
+        for label in args.sizes:
+            size = SIZES[label]
+            count = args.images * {"12 MP": 1, "2 MP": 2, "0.5 MP": 4}[label]
+            paths = write_photo_jpegs(work / label.replace(" ", ""), size, count, seed=2000)
+            mb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e6
+            rows = size_rows(model, paths, runners, args)
+            best = {name: float("inf") for name in rows}
+            for _ in range(args.repeats):
+                for name, function in rows.items():
+                    start = time.perf_counter()
+                    function()
+                    best[name] = min(best[name], time.perf_counter() - start)
+            print(f"\n{label} ({size[0]}x{size[1]}, {count} JPEGs, {mb:.2f} MB each at q90)")
+            print(f"{'configuration':<66} {'img/s':>7} {'ratio':>6}")
+            reference = count / next(iter(best.values()))
+            for name, seconds in best.items():
+                print(f"{name:<66} {count / seconds:7.1f} {count / seconds / reference:5.2f}x")
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

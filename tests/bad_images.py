@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -74,3 +75,28 @@ def odd_mode_files(folder: Path) -> Dict[str, str]:
     Image.fromarray(ramp).save(sixteen)
     written[str(sixteen)] = "I;16"
     return written
+
+
+def corrupt_exif_jpeg(path: Path) -> Path:
+    """A valid JPEG whose EXIF block claims more IFD entries than it holds (Pillow warns on it)."""
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 40) + b"\x12\x01\x03\x00"
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 80, 40)).save(buffer, "JPEG", exif=b"Exif\x00\x00" + tiff)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def nan_float_tiff(path: Path) -> Path:
+    """A 32-bit float greyscale TIFF with NaN and infinite pixels (numpy warns when casting them)."""
+    values = np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)
+    values[:4] = np.nan
+    values[4:8] = np.inf
+    Image.fromarray(values).save(path)
+    return path
+
+
+def sixteen_bit_grey_png(path: Path, width: int, height: int) -> Path:
+    """A 16-bit greyscale PNG of a horizontal ramp: tiny on disk, huge decoded."""
+    ramp = np.linspace(0, 65535, width, dtype=np.float64).astype(np.uint16)
+    Image.fromarray(np.broadcast_to(ramp, (height, width)).copy()).save(path, compress_level=9)
+    return path
