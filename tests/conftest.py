@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +69,39 @@ def make_photo(
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, fmt, **save)
     return path
+
+
+#: Debian's Chromium (installed by .ci/install-browser.sh); "" when absent.
+CHROMIUM = next(
+    (
+        p
+        for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
+        if p
+    ),
+    "",
+)
+#: Headless and quiet: without the background-networking flags Chromium keeps calling home.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser():
+    """A headless Chromium driven by playwright (no browser download); skips cleanly without either."""
+    if not CHROMIUM or not os.path.exists(CHROMIUM):
+        pytest.skip("chromium not installed (run .ci/install-browser.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()

@@ -500,7 +500,14 @@ def test_prepared_image_settings_tell_the_cache_size_and_filter(tmp_path):
     (tmp_path / "AVA.txt").write_text(ava_line(1, 1, GOOD_VOTES) + "\n")
     write_image(tmp_path / "images" / "1.jpg", seed=1)
     out = tmp_path / "prepared"
-    prepare(tmp_path / "AVA.txt", tmp_path / "images", out, image_size=(64, 48), resample="lanczos", progress=False)
+    prepare(
+        tmp_path / "AVA.txt",
+        tmp_path / "images",
+        out,
+        image_size=(64, 48),
+        resample="lanczos",
+        progress=False,
+    )
     expected = {"image_size": (64, 48), "resample": "lanczos", "jpeg_quality": 95}
     assert prepared_image_settings(out) == expected
     assert prepared_image_settings(out / "manifest.parquet") == expected

@@ -8,7 +8,6 @@ screenshot goes to ``$BEHOLDER_TEST_ARTIFACTS`` (default: the test's tmp_path).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,24 +22,6 @@ from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = next(
-    (
-        p
-        for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
-        if p
-    ),
-    "",
-)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 IDEALO = ASSETS / "nima_idealo" / "weights_mobilenet_aesthetic_0.07.hdf5"
 
@@ -119,19 +100,6 @@ def server(tmp_path):
             process.kill()
             process.wait()
         log.close()
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM or not os.path.exists(CHROMIUM):
-        pytest.skip("chromium not installed (run .ci/install-browser.sh)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 @pytest.fixture

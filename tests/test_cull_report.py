@@ -7,7 +7,6 @@ them. The screenshot goes to ``$BEHOLDER_TEST_ARTIFACTS`` (default: the test's t
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,35 +15,6 @@ from beholder.cli import main
 from cull_helpers import make_shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = next(
-    (
-        p
-        for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
-        if p
-    ),
-    "",
-)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-]
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM or not os.path.exists(CHROMIUM):
-        pytest.skip("chromium not installed (run .ci/install-browser.sh)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 def test_report_reads_offline_from_files(idealo_weights, browser, tmp_path):

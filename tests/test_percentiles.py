@@ -60,7 +60,13 @@ def test_script_refuses_a_source_with_the_wrong_sha256(tmp_path):
     fake = tmp_path / "labels.csv"
     fake.write_text("image_id,c1\n1,2\n")
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_percentile_table.py"), str(fake), "--out", str(tmp_path / "t")],
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_percentile_table.py"),
+            str(fake),
+            "--out",
+            str(tmp_path / "t"),
+        ],
         capture_output=True,
         text=True,
     )
