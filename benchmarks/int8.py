@@ -181,7 +181,7 @@ def quantize_nncf(fp32: Path, out: Path, variant: Variant, calibration: np.ndarr
     quantized = nncf.quantize(
         onnx.load(str(fp32)),
         nncf.Dataset(batches, lambda batch: {"images": batch}),
-        subset_size=len(calibration),
+        subset_size=len(batches),  # NNCF counts dataset items, here batches of 8
         fast_bias_correction=variant.fast_bias_correction,
         ignored_scope=nncf.IgnoredScope(names=excluded_nodes(fp32, variant.keep_fp32)),
     )

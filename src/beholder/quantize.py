@@ -92,7 +92,7 @@ def quantize_int8(
     quantized = nncf.quantize(
         model,
         nncf.Dataset(batches, lambda batch: {input_name: batch}),
-        subset_size=sum(len(batch) for batch in batches),
+        subset_size=len(batches),  # NNCF counts dataset items, here batches of 8
         fast_bias_correction=False,
         ignored_scope=nncf.IgnoredScope(names=depthwise_convolutions(model)),
     )
