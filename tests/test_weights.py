@@ -123,8 +123,9 @@ def test_explicit_file_comes_first_and_must_exist(tmp_path: Path) -> None:
 def test_offline_score_exits_2_with_instructions(monkeypatch, tmp_path: Path, capsys) -> None:
     spec = registry.MODELS[registry.DEFAULT_MODEL]
     # Port 9 (discard) on loopback refuses connections: the same failure as having no network.
+    # A model without packaged weights (the default model ships its own; others download theirs).
     offline = dataclasses.replace(
-        spec, weights=dataclasses.replace(spec.weights, url="http://127.0.0.1:9/w.hdf5")
+        spec, packaged=None, weights=dataclasses.replace(spec.weights, url="http://127.0.0.1:9/w.hdf5")
     )
     monkeypatch.setitem(registry.MODELS, registry.DEFAULT_MODEL, offline)
     monkeypatch.delenv("BEHOLDER_WEIGHTS_PATH", raising=False)
@@ -141,7 +142,7 @@ def test_registered_model_downloads_from_its_url(server, monkeypatch, isolated_c
     spec = registry.MODELS[registry.DEFAULT_MODEL]
     assert sha256_file(source) == spec.weights.sha256
     served = dataclasses.replace(
-        spec, weights=dataclasses.replace(spec.weights, url=f"{server.url}/weights.bin")
+        spec, packaged=None, weights=dataclasses.replace(spec.weights, url=f"{server.url}/weights.bin")
     )
     monkeypatch.setitem(registry.MODELS, registry.DEFAULT_MODEL, served)
     monkeypatch.delenv("BEHOLDER_WEIGHTS_PATH", raising=False)

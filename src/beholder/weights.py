@@ -1,6 +1,11 @@
 """Find, download and verify weight files.
 
-Resolution order for a registered file (see :func:`resolve_weights`):
+A registered model may ship its weights inside the package (``ModelSpec.packaged``, a
+safetensors file under ``beholder/resources``): :func:`load_packaged_state_dict` verifies that file
+against its pinned sha256 and reads it, with no network and no cache. ``create_model`` uses it
+first for such a model, unless the user passes ``--weights FILE``.
+
+Resolution order for a registered file that is not packaged (see :func:`resolve_weights`):
 
 1. an explicit path given by the user (``--weights FILE``);
 2. directories listed in ``BEHOLDER_WEIGHTS_PATH`` (``os.pathsep``-separated), matched by file
@@ -13,21 +18,30 @@ Resolution order for a registered file (see :func:`resolve_weights`):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Union
 
 from tqdm.auto import tqdm
 
 from beholder.errors import ConfigError, WeightsUnavailableError
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+
+#: ``format`` in a packaged safetensors file's metadata, and the layout version this code reads.
+PACKAGED_FORMAT = "beholder.nima.state_dict"
+PACKAGED_FORMAT_VERSION = 1
+_PACKAGED_DTYPES = ("float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -37,7 +51,9 @@ class WeightsSpec:
     filename: str
     url: Optional[str]
     sha256: Optional[str]
-    format: str  # "keras_h5" (Keras legacy weights) or "torch" (a Beholder checkpoint)
+    # "keras_h5" (Keras legacy weights), "torch" (a Beholder checkpoint) or "safetensors" (a
+    # packaged state_dict, see load_packaged_state_dict)
+    format: str
     license: str
     source: str  # where the file was published, for people
 
@@ -98,6 +114,59 @@ def _how_to_get(spec: WeightsSpec) -> str:
         f"{cache_dir() / 'weights'}, or put it in a directory listed in BEHOLDER_WEIGHTS_PATH, "
         f"or pass --weights FILE."
     )
+
+
+def packaged_path(filename: str) -> Path:
+    """Where a packaged weights file lives: ``beholder/resources/<filename>`` inside the package."""
+    return Path(__file__).resolve().parent / "resources" / filename
+
+
+def load_packaged_state_dict(
+    spec: WeightsSpec, path: Optional[Union[str, Path]] = None
+) -> Dict[str, "torch.Tensor"]:
+    """Verify and read a packaged safetensors ``state_dict``; floating tensors come back as float32.
+
+    Args:
+        spec: the packaged file's identity (``ModelSpec.packaged``); its sha256 is checked.
+        path: read this file instead of the one inside the package (tests, repairs).
+
+    Raises:
+        WeightsUnavailableError: the file is missing, does not match its sha256, or is not a
+            packaged Beholder state_dict. The message names the file.
+    """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path) if path is not None else packaged_path(spec.filename)
+    damaged = "the installation is damaged; reinstall beholder, or pass --weights FILE"
+    if not path.is_file():
+        raise WeightsUnavailableError(f"packaged weights {path} are missing: {damaged}")
+    actual = sha256_file(path)
+    if spec.sha256 is not None and actual != spec.sha256:
+        raise WeightsUnavailableError(
+            f"packaged weights {path}: sha256 {actual} does not match the expected {spec.sha256}: {damaged}"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("beholder", "{}"))
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise WeightsUnavailableError(
+            f"packaged weights {path}: not a readable safetensors file ({exc})"
+        ) from exc
+    if meta.get("format") != PACKAGED_FORMAT or meta.get("format_version") != str(PACKAGED_FORMAT_VERSION):
+        raise WeightsUnavailableError(
+            f"packaged weights {path}: metadata format {meta.get('format')!r} version "
+            f"{meta.get('format_version')!r}, expected {PACKAGED_FORMAT!r} version {PACKAGED_FORMAT_VERSION}"
+        )
+    if meta.get("dtype") not in _PACKAGED_DTYPES:
+        raise WeightsUnavailableError(f"packaged weights {path}: unsupported dtype {meta.get('dtype')!r}")
+    log.debug("loaded packaged weights %s (%s, from %s)", path, meta["dtype"], meta.get("source_file"))
+    # Stored in half precision to keep the wheel small; computed in float32 like every other model.
+    return {
+        name: tensor.to(torch.float32) if tensor.is_floating_point() else tensor
+        for name, tensor in state.items()
+    }
 
 
 def resolve_weights(

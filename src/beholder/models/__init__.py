@@ -16,7 +16,7 @@ from beholder.models.registry import (
     get_model_spec,
     list_models,
 )
-from beholder.weights import resolve_weights
+from beholder.weights import load_packaged_state_dict, resolve_weights
 
 __all__ = [
     "BACKBONE_WEIGHTS",
@@ -46,7 +46,8 @@ def create_model(
 
     Args:
         name: a name from :func:`list_models`.
-        pretrained: load the model's weights (resolved as in :func:`beholder.weights.resolve_weights`).
+        pretrained: load the model's weights: the packaged file when the model ships one, else
+            resolved as in :func:`beholder.weights.resolve_weights`.
         weights: an explicit weights file, overriding the registry's.
         progress: show a progress bar if weights are downloaded.
 
@@ -54,7 +55,9 @@ def create_model(
     """
     spec = get_model_spec(name)
     model = build_nima(spec.architecture, preprocessing=spec.preprocessing)
-    if pretrained or weights is not None:
+    if weights is None and pretrained and spec.packaged_file is not None:
+        model.load_state_dict(load_packaged_state_dict(spec.packaged, spec.packaged_file))
+    elif pretrained or weights is not None:
         path = resolve_weights(spec.weights, weights, progress=progress)
         if spec.weights.format == "keras_h5":
             load_keras_nima_weights(model, path)

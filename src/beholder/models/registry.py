@@ -2,20 +2,26 @@
 
 A :class:`ModelSpec` says what to build (architecture), which weights to load (file name, URL,
 sha256, licence, provenance) and how to preprocess images for it. ``beholder models`` prints them.
+A model may also ship its weights inside the package (``packaged``): then it scores offline from
+the first run, and ``weights`` stays as the provenance of the original file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
 
 from beholder.defaults import DEFAULT_MODEL
 from beholder.errors import ConfigError
 from beholder.models.nima import KERAS_MOBILENET, Architecture
 from beholder.preprocessing import Preprocessing
-from beholder.weights import WeightsSpec
+from beholder.weights import WeightsSpec, packaged_path
 
 IDEALO_COMMIT = "dceaf7c2d218bc6e80b21d6e147e3b56a21b7f31"
+#: sha256 of src/beholder/resources/nima_mobilenet_idealo.safetensors, as written by
+#: scripts/convert_idealo_weights.py (deterministic: rerunning it reproduces this).
+PACKAGED_SHA256 = "1de4e39a8862ce3b6dbfc866f049581a45c2722bc05469ef086630868530f476"
 KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet"
 
 
@@ -29,7 +35,17 @@ class ModelSpec:
     weights: WeightsSpec
     preprocessing: Preprocessing
     trained_on: str
-    reported: Dict[str, str] = field(default_factory=dict)
+    #: Weights shipped inside the package (a safetensors ``state_dict`` under beholder/resources,
+    #: converted from ``weights`` by a script in the repository), loaded before any download.
+    packaged: Optional[WeightsSpec] = None
+
+    @property
+    def packaged_file(self) -> Optional[Path]:
+        """The packaged weights file's path when this model has one and it is installed, else None."""
+        if self.packaged is None:
+            return None
+        path = packaged_path(self.packaged.filename)
+        return path if path.is_file() else None
 
 
 MODELS: Dict[str, ModelSpec] = {}
@@ -84,7 +100,17 @@ register_model(
         # idealo's predictor: keras load_img(target_size=(224, 224)) -> PIL nearest, then x/127.5 - 1.
         preprocessing=Preprocessing(resize=(224, 224), interpolation="nearest", crop=None),
         trained_on="AVA (idealo's random split)",
-        reported={"EMD": "0.071", "LCC": "0.626", "SRCC": "0.609"},
+        packaged=WeightsSpec(
+            filename="nima_mobilenet_idealo.safetensors",
+            url=None,
+            sha256=PACKAGED_SHA256,
+            format="safetensors",
+            license="Apache-2.0",
+            source=(
+                "converted from weights_mobilenet_aesthetic_0.07.hdf5 (sha256 e563ad91…a91cb2) by "
+                "scripts/convert_idealo_weights.py (float32)"
+            ),
+        ),
     )
 )
 
