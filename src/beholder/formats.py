@@ -69,7 +69,8 @@ def ensure_heif_support(kind: str, label: str) -> None:
         except ImportError as exc:
             if kind == "avif":
                 raise ImageLoadError(
-                    label, "AVIF needs a Pillow built with AVIF support (recent Pillow wheels) or pillow-heif < 1.0"
+                    label,
+                    "AVIF needs a Pillow built with AVIF support (recent Pillow wheels) or pillow-heif < 1.0",
                 ) from exc
             raise ImageLoadError(label, _HEIF_INSTALL) from exc
         pillow_heif.register_heif_opener()

@@ -91,8 +91,10 @@ def comparison_rows(metrics: dict[str, Any]) -> list[list[str]]:
     """Rows of the comparison table: this model first, then :data:`PUBLISHED_RESULTS`."""
     if metrics.get("split"):
         test_set = f"`{metrics['data']}`, split {metrics['split']}"
-        if metrics["split"] == "test":
+        if metrics.get("ava_test_list"):
             test_set += " (official AVA test list, images at hand)"
+        elif metrics["split"] == "test":
+            test_set += " (the prepared set's own test split, not the AVA test list)"
     else:
         test_set = f"`{metrics['data']}`"
     rows = [

@@ -299,6 +299,8 @@ def evaluate(
         "threshold": THRESHOLD,
         "labels": "distribution" if distributions else "mean",
         "split": split_label,
+        # Only an AVA manifest's test split is the official list; a ratings CSV has its own split.
+        "ava_test_list": split_label == "test" and "label_kind" not in data.columns if split_label else None,
         "data": data_label,
         "model": scorer.name,
         "provenance": provenance or None,
