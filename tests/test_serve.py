@@ -183,7 +183,7 @@ def test_corrupt_truncated_or_empty_file_is_422_naming_it(scorer, name, data, pr
         assert problem in body["files"][0]["error"]
 
 
-def test_upload_over_the_size_cap_is_413_before_reading_the_body(scorer):
+def test_upload_over_the_size_cap_is_413_before_the_app_reads_the_body(scorer):
     app = create_app(scorer, max_upload_bytes=50_000)
     pulled = []
 
@@ -198,15 +198,19 @@ def test_upload_over_the_size_cap_is_413_before_reading_the_body(scorer):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
             return await client.post("/v1/score", content=body(), headers=headers)
 
-    declared = asyncio.run(
-        run({"content-type": "multipart/form-data; boundary=b", "content-length": "1000000"})
-    )
+    multipart = "multipart/form-data; boundary=b"
+    declared = asyncio.run(run({"content-type": multipart, "content-length": "1000000"}))
     assert declared.status_code == 413
     assert declared.json()["error"] == "upload_too_large" and "50,000 bytes" in declared.json()["detail"]
-    assert pulled == []  # refused from Content-Length alone
+    assert len(pulled) == 101  # refused from Content-Length, then drained so that the client reads the 413
+    assert app.state.service.batcher.stats.calls == 0
+    for headers in ({"expect": "100-continue"}, {"content-length": str(10**9)}):
+        pulled.clear()  # a client waiting for 100-continue, or a body too large to drain: not read at all
+        refused = asyncio.run(run({"content-type": multipart, "content-length": "1000000", **headers}))
+        assert refused.status_code == 413 and pulled == []
     streamed = asyncio.run(run({"content-type": "multipart/form-data; boundary=b"}))  # chunked, no length
     assert streamed.status_code == 413
-    assert len(pulled) <= 8  # stopped as soon as the count passed the cap, not after 100 chunks
+    assert streamed.json()["error"] == "upload_too_large"  # counted while streaming, then drained
 
 
 def test_real_multipart_over_the_cap_is_413(scorer):
@@ -491,3 +495,13 @@ def test_dockerfiles_pass_hadolint():
     files = [REPO / "Dockerfile", REPO / "docker" / "train-gpu.Dockerfile"]
     result = subprocess.run(["hadolint", *map(str, files)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_healthz_and_models_name_a_checkpoint_without_the_server_path(model, tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "runs" / "nima" / "best.pt", model)
+    scorer = Scorer.from_checkpoint(checkpoint, runtime="torch", batch_size=2, workers=1)
+    with TestClient(create_app(scorer)) as client:
+        health, models = client.get("/healthz"), client.get("/v1/models")
+    assert health.json()["model"] == "best.pt" and models.json()["models"][0]["name"] == "best.pt"
+    for response in (health, models):
+        assert str(tmp_path) not in response.text and "/runs/" not in response.text

@@ -14,7 +14,8 @@ Design:
 * Only uploaded bytes are scored. No endpoint reads server paths or fetches URLs: a form field
   that is not a file upload is rejected (422), never interpreted.
 * Limits give JSON errors naming the offending file: request body over ``max_upload_bytes``
-  (413, from Content-Length before reading, or while streaming), more than ``max_files`` files
+  (413, from Content-Length before the app reads it, or while streaming; see
+  :mod:`beholder.serve_http` for that and the connection limits), more than ``max_files`` files
   (413), a file that is not an image (415) or is empty/corrupt/truncated/over ``max_pixels``
   (422), a request slower than ``request_timeout_s`` (408 while uploading, 504 after).
   When several files are sent and only some fail, the response is 200 with per-file ``error``
@@ -50,6 +51,12 @@ from beholder import __version__
 from beholder.errors import ConfigError, ImageLoadError
 from beholder.imageio import open_image
 from beholder.inference import Scorer, ScoreResult, fill_scores
+from beholder.serve_http import (
+    DEFAULT_MAX_ACTIVE_REQUESTS,
+    ActiveRequestLimitMiddleware,
+    ApiError,
+    BodyLimitMiddleware,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,73 +68,6 @@ DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_BATCH_WINDOW_MS = 5.0
 
 _NOT_AN_IMAGE = "not an image"  # the start of ImageLoadError.problem for undecodable data
-
-
-class ApiError(Exception):
-    """An error answered as JSON: ``{"error": code, "detail": message, "files": [...]}``."""
-
-    def __init__(self, status: int, code: str, detail: str, files: Optional[List[Dict[str, str]]] = None):
-        super().__init__(detail)
-        self.status, self.code, self.detail, self.files = status, code, detail, files
-
-    def body(self) -> Dict[str, Any]:
-        body: Dict[str, Any] = {"error": self.code, "detail": self.detail}
-        if self.files is not None:
-            body["files"] = self.files
-        return body
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413, "upload_too_large", f"request body is larger than the limit of {limit:,} bytes ({_mib(limit)})"
-    )
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MiB"
-
-
-class BodyLimitMiddleware:
-    """ASGI middleware: 413 when the body is over ``max_bytes``, before the app reads it all.
-
-    A declared Content-Length over the limit is refused before any byte is read; a chunked or
-    understated body is counted while it streams, and refused as soon as it passes the limit.
-    """
-
-    def __init__(self, app: Callable, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                length = -1
-            if length < 0:
-                response = JSONResponse({"error": "bad_request", "detail": "invalid Content-Length"}, 400)
-                await response(scope, receive, send)
-                return
-            if length > self.max_bytes:
-                error = _too_large(self.max_bytes)
-                await JSONResponse(error.body(), error.status)(scope, receive, send)
-                return
-        received = 0
-
-        async def limited_receive() -> Dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _too_large(self.max_bytes)
-            return message
-
-        await self.app(scope, limited_receive, send)
 
 
 @dataclass
@@ -264,12 +204,18 @@ class ServiceConfig:
             raise ConfigError(f"batch window must not be negative, got {self.batch_window_ms}")
 
 
+def public_model_name(name: str) -> str:
+    """The model's name as clients see it: a checkpoint's file name, never the server's path to it."""
+    return os.path.basename(name.replace("\\", "/").rstrip("/")) or name
+
+
 class ScoringService:
     """Uploads -> per-file results: decoding on a thread pool, the model through a micro-batcher."""
 
     def __init__(self, scorer: Scorer, config: ServiceConfig):
         self.scorer, self.config = scorer, config
         self.runtime_name = getattr(scorer.runtime, "name", scorer.runtime_name)
+        self.model_name = public_model_name(scorer.name)
         self._decode_pool: Optional[ThreadPoolExecutor] = None
         self.batcher = MicroBatcher(
             scorer.predict, max_batch=config.max_batch, window_s=config.batch_window_ms / 1000
@@ -309,7 +255,7 @@ class ScoringService:
     def describe_model(self) -> Dict[str, Any]:
         model = self.scorer.model
         return {
-            "name": self.scorer.name,
+            "name": self.model_name,
             "architecture": model.architecture.to_dict(),
             "preprocessing": model.preprocessing.to_dict(),
             "runtime": self.runtime_name,
@@ -405,6 +351,7 @@ def create_app(
     batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
     max_batch: Optional[int] = None,
     workers: Optional[int] = None,
+    max_active_requests: int = DEFAULT_MAX_ACTIVE_REQUESTS,
 ):
     """Build the FastAPI app serving ``scorer``.
 
@@ -418,6 +365,7 @@ def create_app(
         batch_window_ms: how long a request waits for concurrent ones to share a model call.
         max_batch: most images per model call (default: the scorer's batch size).
         workers: decoding threads (default: the scorer's).
+        max_active_requests: requests handled at once; 503 (``busy``) above it.
     """
     config = ServiceConfig(
         max_upload_bytes=max_upload_bytes,
@@ -429,6 +377,8 @@ def create_app(
         workers=workers or scorer.workers,
     )
     config.check()
+    if max_active_requests < 1:
+        raise ConfigError(f"max_active_requests must be at least 1, got {max_active_requests}")
     service = ScoringService(scorer, config)
     page = resources.files("beholder").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -448,12 +398,14 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes)
+    app.add_middleware(ActiveRequestLimitMiddleware, max_active=max_active_requests)  # the outer one
 
     error_responses = {
         status: {"model": ErrorBody, "description": text}
         for status, text in {
             408: "the upload did not complete within the request timeout",
             413: "request body or file count over the limit",
+            503: "too many requests in progress (retry after the Retry-After seconds)",
             415: "no file was an image",
             422: "no file could be scored (empty, corrupt, truncated, too many pixels), or a non-file field",
             504: "scoring did not complete within the request timeout",
@@ -462,7 +414,7 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -566,7 +518,7 @@ def create_app(
         stats = service.batcher.stats
         return {
             "status": "ok",
-            "model": service.scorer.name,
+            "model": service.model_name,
             "runtime": service.runtime_name,
             "uptime_s": round(time.time() - service.started, 1),
             "model_calls": stats.calls,
