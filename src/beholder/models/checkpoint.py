@@ -13,10 +13,15 @@ so that ``beholder score --checkpoint FILE`` needs nothing else.
 A checkpoint is data, never code: it holds only tensors, plain containers, numbers and strings
 (checked when it is written), and it is read with ``torch.load(weights_only=True)``, which refuses
 anything else, so a crafted file cannot run code in any load path.
+
+Checkpoints written before that (with NumPy RNG states and other pickled objects) are refused.
+``trust=True`` (``--trust-checkpoint`` on the command line) loads them with full unpickling, which
+runs whatever code the file holds: only for files you wrote yourself.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
@@ -28,6 +33,8 @@ import torch
 from beholder.errors import ConfigError
 from beholder.models.nima import NIMA, Architecture, build_nima
 from beholder.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "beholder-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -89,11 +96,33 @@ def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, **extra: Any
     return path
 
 
-def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """Load a checkpoint dict (on CPU), checking that it is one of ours."""
+def read_checkpoint(path: Union[str, Path], *, trust: bool = False) -> Dict[str, Any]:
+    """Load a checkpoint dict (on CPU), checking that it is one of ours.
+
+    ``trust=True`` unpickles anything (old-format checkpoints), which can run code: see the module.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
+    payload = _load_trusted(path) if trust else _load_data_only(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a Beholder checkpoint (no 'format: {CHECKPOINT_FORMAT}' entry)")
+    return payload
+
+
+def _load_trusted(path: Path) -> Any:
+    log.warning(
+        "%s: loading with full unpickling (--trust-checkpoint): this runs any code the file holds; "
+        "do this only for checkpoints you wrote yourself",
+        path,
+    )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_data_only(path: Path) -> Any:
     try:
         # weights_only=True: unpickling only tensors and plain data, so a crafted file runs no code.
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -104,21 +133,40 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
             raise ConfigError(f"{path}: not a readable checkpoint (damaged or not a torch file)") from exc
         raise ConfigError(
             f"{path}: refused: it holds Python objects other than tensors and plain data, which could "
-            "run code when loaded (Beholder checkpoints never do)"
+            "run code when loaded (Beholder checkpoints never do). If you wrote it yourself with an "
+            "older Beholder, --trust-checkpoint loads it anyway (this runs any code it holds)"
         ) from exc
     except Exception as exc:  # torch raises many types for a damaged file
         raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a Beholder checkpoint (no 'format: {CHECKPOINT_FORMAT}' entry)")
     return payload
 
 
-def load_checkpoint(path: Union[str, Path]) -> Tuple[NIMA, Dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict)."""
-    payload = read_checkpoint(path)
-    model = build_nima(
-        Architecture.from_dict(payload["architecture"]),
-        preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
-    )
-    model.load_state_dict(payload["model"])
+def load_checkpoint(path: Union[str, Path], *, trust: bool = False) -> Tuple[NIMA, Dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict).
+
+    ``trust``: load an old-format checkpoint with full unpickling (see :func:`read_checkpoint`).
+    """
+    payload = read_checkpoint(path, trust=trust)
+    try:
+        model = build_nima(
+            Architecture.from_dict(payload["architecture"]),
+            preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"checkpoint {path} has a damaged model description: {_reason(exc)}") from exc
+    try:
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        raise ConfigError(
+            f"checkpoint {path} does not match the architecture it declares: {_reason(exc)}"
+        ) from exc
     return model.eval(), payload
+
+
+def _reason(exc: Exception) -> str:
+    """One line about ``exc``: torch's state-dict errors span many lines, one per tensor."""
+    if isinstance(exc, KeyError):
+        return f"missing entry {exc}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines[:4]) + (f"; ... ({len(lines) - 4} more)" if len(lines) > 4 else "")
+    return text[:600]
