@@ -31,9 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from beholder.inference import expand_inputs
+    from beholder.imageio import find_images
 
-    paths = expand_inputs(args.paths)
+    found = find_images(
+        args.paths
+    )  # an input that gives nothing (empty glob, unlistable folder) is a problem
+    for problem in found.problems:
+        print(f"beholder score: {problem}", file=sys.stderr)
+    paths = found.paths
     if not paths:
         print("beholder score: error: no images found in the given paths", file=sys.stderr)
         return 2
@@ -49,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"beholder score: {result.path}: {result.error}", file=sys.stderr)
     if failures:
         print(f"beholder score: {len(failures)} of {len(results)} inputs failed", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failures or found.problems else 0
 
 
 def render(results: List, fmt: str) -> str:
