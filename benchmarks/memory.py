@@ -67,6 +67,8 @@ def beholder(*args: str) -> list[str]:
 
 def sixteen_bit_png(path: Path, width: int, height: int) -> Path:
     """A 16-bit greyscale ramp (rows alike, so PNG's 'up' filter makes it tiny on disk)."""
+    if path.exists():  # kept from an earlier run (--keep)
+        return path
     ramp = np.linspace(0, 65535, width).astype(np.uint16)
     Image.fromarray(np.broadcast_to(ramp, (height, width)).copy()).save(path, compress_level=6)
     return path
@@ -80,6 +82,8 @@ def _photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
 
 def mixed_folder(folder: Path, count: int, seed: int = 0) -> Path:
     """``count`` images in many formats and modes; every 50th is corrupt or truncated."""
+    if folder.is_dir() and len(list(folder.iterdir())) == count:  # kept from an earlier run (--keep)
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     kinds = ["jpg", "png", "grey", "palette", "rgba", "cmyk", "i16", "la"]
@@ -189,7 +193,9 @@ def report(name: str, peak: int, detail: str, baseline: int | None = None) -> bo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runtime", default="torch", help="runtime for score and serve (default torch)")
-    parser.add_argument("--keep", type=Path, default=None, help="write the inputs here and keep them")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="write the inputs here and keep them (reused by a rerun)"
+    )
     args = parser.parse_args(argv)
     if not os.path.exists(_TIME):
         print(

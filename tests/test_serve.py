@@ -335,9 +335,9 @@ def test_paths_and_urls_in_form_fields_are_never_read(scorer, tmp_path, monkeypa
     on_disk = tmp_path / "secret.jpg"
     on_disk.write_bytes(photo(9))
     opened = []
-    real_open = serve.open_image
+    real_open = serve.decode_image
     monkeypatch.setattr(
-        serve, "open_image", lambda source, **kw: opened.append(source) or real_open(source, **kw)
+        serve, "decode_image", lambda source, **kw: opened.append(source) or real_open(source, **kw)
     )
     with TestClient(create_app(scorer)) as client:
         for field in ({"path": str(on_disk)}, {"files": str(on_disk)}, {"url": "http://127.0.0.1:9/x.jpg"}):
@@ -423,6 +423,7 @@ def test_models_healthz_page_and_openapi(scorer):
         "request_timeout_s": 9,
         "batch_window_ms": 5.0,
         "max_batch": 8,
+        "decode_budget_bytes": serve.DEFAULT_DECODE_BUDGET_BYTES,
     }
     assert health["status"] == "ok" and health["runtime"] == "torch"
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -505,3 +506,21 @@ def test_healthz_and_models_name_a_checkpoint_without_the_server_path(model, tmp
     assert health.json()["model"] == "best.pt" and models.json()["models"][0]["name"] == "best.pt"
     for response in (health, models):
         assert str(tmp_path) not in response.text and "/runs/" not in response.text
+
+
+def test_service_preprocessing_matches_the_scorer_and_uses_its_own_decode_budget(scorer, tmp_path):
+    from bad_images import sixteen_bit_grey_png
+    from beholder.imageio import open_image
+
+    grey16 = sixteen_bit_grey_png(tmp_path / "g16.png", 300, 200).read_bytes()
+    rgba = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 4), np.uint8), "RGBA").save(
+        rgba, "PNG"
+    )
+    app = create_app(scorer, decode_budget_bytes=1_000_000)
+    service = app.state.service
+    for data in (grey16, rgba.getvalue(), photo(3)):
+        expected = scorer.transform(open_image(data))  # the library's path: RGB first, then resize
+        assert torch.equal(service._prepare(data, "x"), expected)
+    assert 0 < service.decode_budget.high_water <= 1_000_000
+    assert service.decode_budget.in_use == 0
