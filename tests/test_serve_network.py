@@ -231,3 +231,13 @@ def test_requests_over_the_active_limit_get_a_json_503_until_a_slot_frees():
         assert response.json()["error"] == "busy"
         stalled.close()
         wait_until(lambda: not busy(), "the slot to be freed")
+
+
+@pytest.mark.parametrize("flag", ["--header-timeout", "--max-active-requests", "--limit-concurrency"])
+def test_serve_cli_refuses_non_positive_connection_limits(tmp_path, capsys, flag):
+    from beholder.cli import main
+    from beholder.models import save_checkpoint
+
+    checkpoint = save_checkpoint(tmp_path / "small.pt", small_scorer().model)
+    assert main(["serve", "--checkpoint", str(checkpoint), "--runtime", "torch", flag, "0"]) == 2
+    assert f"{flag} must be positive" in capsys.readouterr().err
