@@ -213,7 +213,7 @@ def test_oversized_upload_is_a_413_that_curl_receives(small_cap_server, tmp_path
     assert_too_large(int(status), body)
 
 
-def test_requests_over_the_active_limit_get_a_json_503_until_a_slot_frees():
+def test_requests_over_the_active_limit_get_a_json_503_until_a_slot_frees(caplog):
     app = create_app(small_scorer(), max_active_requests=1)
     with running(app) as (url, _):
         stalled = connect(url)  # a request whose body never comes holds the one slot
@@ -231,6 +231,8 @@ def test_requests_over_the_active_limit_get_a_json_503_until_a_slot_frees():
         assert response.json()["error"] == "busy"
         stalled.close()
         wait_until(lambda: not busy(), "the slot to be freed")
+    # A client that goes away mid-upload is not a scoring failure: nothing logged as an error.
+    assert not [r for r in caplog.records if r.name == "beholder.serve" and r.levelname == "ERROR"]
 
 
 @pytest.mark.parametrize("flag", ["--header-timeout", "--max-active-requests", "--limit-concurrency"])

@@ -46,6 +46,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from beholder import __version__
 from beholder.errors import ConfigError, ImageLoadError
@@ -496,6 +497,9 @@ def create_app(
             ) from None
         except (ApiError, asyncio.CancelledError):
             raise
+        except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed
+            log.debug("client disconnected during the upload")
+            raise ApiError(400, "client_disconnected", "the client disconnected during the upload") from None
         except Exception as exc:  # a runtime failure: answer JSON naming it, keep serving
             log.exception("scoring failed")
             raise ApiError(500, "internal_error", f"scoring failed: {type(exc).__name__}: {exc}") from exc
