@@ -17,14 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
-IDEALO = ASSETS / "nima_idealo" / "weights_mobilenet_aesthetic_0.07.hdf5"
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -48,30 +43,12 @@ def write_photos(folder: Path) -> list:
     return paths
 
 
-def model_arguments(folder: Path, env: dict) -> list:
-    """idealo's trained model when its weights are here (a meaningful screenshot), else random weights."""
-    if IDEALO.exists():
-        env["BEHOLDER_WEIGHTS_PATH"] = str(IDEALO.parent)
-        return ["--model", "nima-mobilenet-idealo"]
-    from beholder.models import Architecture, build_nima, get_model_spec, save_checkpoint
-
-    torch.manual_seed(0)
-    model = build_nima(
-        Architecture(alpha=0.25), preprocessing=get_model_spec("nima-mobilenet-idealo").preprocessing
-    )
-    with torch.no_grad():  # He initialisation: random MobileNets otherwise score every image alike
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-        torch.nn.init.normal_(model.head[1].weight, std=0.5)
-    return ["--checkpoint", str(save_checkpoint(folder / "random.pt", model.eval()))]
-
-
 @pytest.fixture
 def server(tmp_path):
     env = dict(os.environ)
     port = free_port()
-    command = [sys.executable, "-m", "beholder", "serve", *model_arguments(tmp_path, env)]
+    # idealo's trained model ships in the package, so the screenshot shows meaningful scores.
+    command = [sys.executable, "-m", "beholder", "serve", "--model", "nima-mobilenet-idealo"]
     command += ["--port", str(port), "--runtime", "torch", "--log-level", "warning"]
     log = (tmp_path / "server.log").open("w+")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
