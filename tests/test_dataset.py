@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader
 from beholder.data.dataset import (
     EpochSampler,
     RatingDataset,
-    read_manifest,
     seed_worker,
     undersample,
 )
+from beholder.data.manifest import load_manifest as read_manifest
 from beholder.errors import ImageLoadError
 from beholder.preprocessing import Preprocessing, build_eval_transform, build_train_transform
 from train_helpers import make_prepared_dir, target_matrix

@@ -23,22 +23,23 @@ from torch.utils.data import DataLoader
 
 from beholder import metrics
 from beholder.config import load_config, to_dict
-from beholder.data.dataset import EpochSampler, RatingDataset, read_manifest
+from beholder.data.dataset import EpochSampler, RatingDataset
+from beholder.data.manifest import load_manifest as read_manifest
 from beholder.errors import ConfigError
 from beholder.losses import EMDLoss
 from beholder.models.checkpoint import load_checkpoint, read_checkpoint
+from beholder.models.factory import create_training_model as build_model
 from beholder.preprocessing import build_eval_transform, build_train_transform
-from beholder.train import (
+from beholder.training import (
     HISTORY_COLUMNS,
-    build_model,
     build_optimizer,
     build_scheduler,
-    evaluate,
     fit,
     freeze_backbone,
     train_one_epoch,
     unfreeze_backbone,
 )
+from beholder.training import validate as evaluate
 from train_helpers import (
     TINY,
     WEIGHTS_025,
@@ -191,7 +192,7 @@ def test_phase1_leaves_the_backbone_bit_identical_and_phase2_changes_it(small_da
     head_before = model.head[1].weight.detach().clone()
 
     freeze_backbone(model)
-    optimizer = build_optimizer(config, model, phase=1)
+    optimizer = build_optimizer(config.optimizer, model, config.phase1)
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
         id(p) for p in model.head.parameters()
     }
@@ -204,7 +205,7 @@ def test_phase1_leaves_the_backbone_bit_identical_and_phase2_changes_it(small_da
     assert not torch.equal(head_before, model.head[1].weight)
 
     unfreeze_backbone(model)
-    optimizer = build_optimizer(config, model, phase=2)
+    optimizer = build_optimizer(config.optimizer, model, config.phase2)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-3]  # head, backbone
     train_one_epoch(
         model, loader, optimizer, EMDLoss(), torch.device("cpu"), scheduler=build_scheduler(optimizer, 0)
