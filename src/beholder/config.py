@@ -205,7 +205,11 @@ class TrainConfig:
             ("data.rebalance.target_share", 0 < rebalance.target_share < 1, "must be in (0, 1)"),
             ("data.rebalance.max_copies", rebalance.max_copies >= 1, "must be >= 1"),
             ("data.rebalance.scale_jitter", 0 <= rebalance.scale_jitter < 0.5, "must be in [0, 0.5)"),
-            ("data.rebalance.jpeg_quality_min", quality is None or 30 <= quality <= 95, "must be in [30, 95]"),
+            (
+                "data.rebalance.jpeg_quality_min",
+                quality is None or 30 <= quality <= 95,
+                "must be in [30, 95]",
+            ),
         ]
 
     def validate(self) -> TrainConfig:

@@ -48,7 +48,8 @@ def vote_distributions(frame: pd.DataFrame) -> np.ndarray:
     try:
         return votes_to_distribution(frame[VOTE_COLUMNS].to_numpy(dtype=np.float64)).astype(np.float32)
     except ValueError as exc:
-        raise ConfigError(f"manifest rows with unusable votes (image ids {frame['image_id'].tolist()[:5]}...): {exc}")
+        ids = frame["image_id"].tolist()[:5]
+        raise ConfigError(f"manifest rows with unusable votes (image ids {ids}...): {exc}") from exc
 
 
 class RareCopyAugment:

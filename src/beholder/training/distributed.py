@@ -149,4 +149,6 @@ def broadcast_buffers(model: nn.Module) -> None:
 
 def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` in DistributedDataParallel, which averages its gradients over the processes."""
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None
+    )

@@ -196,7 +196,9 @@ class Run:
             train_module = wrap_ddp(train_module, self.placement.device)
         optimizer = build_optimizer(self.config.optimizer, model, settings)
         scheduler = build_scheduler(optimizer, settings.decay)
-        scaler = torch.amp.GradScaler(self.placement.device.type, enabled=self.placement.amp_dtype == torch.float16)
+        scaler = torch.amp.GradScaler(
+            self.placement.device.type, enabled=self.placement.amp_dtype == torch.float16
+        )
         payload = self.payload
         if payload is not None and payload.get("phase") == phase.number and self.done >= phase.first_epoch:
             # Continuing inside the phase the checkpoint was written in: same optimizer steps.
@@ -215,7 +217,9 @@ class Run:
         )
         for epoch in range(max(phase.first_epoch, self.done + 1), phase.last_epoch + 1):
             stats = self._train_epoch(phase, epoch, train_module, optimizer, scheduler, scaler, cached)
-            self._end_epoch(phase, epoch, stats, {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler})
+            self._end_epoch(
+                phase, epoch, stats, {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+            )
 
     def _train_epoch(
         self,
@@ -235,7 +239,14 @@ class Run:
         if not cached:
             loader = self.data.train_loader
             return train_one_epoch(
-                train_module, loader, optimizer, self.loss_fn, self.placement, scaler=scaler, desc=desc, **common
+                train_module,
+                loader,
+                optimizer,
+                self.loss_fn,
+                self.placement,
+                scaler=scaler,
+                desc=desc,
+                **common,
             )
         batches = self.data.head_batches()
         self.cache.ensure(
@@ -271,7 +282,9 @@ class Run:
             desc=desc + " val",
         )
         if not math.isfinite(val["loss"]):
-            raise NonFiniteLossError(f"{desc}: the validation loss is {val['loss']} (not finite); training stopped")
+            raise NonFiniteLossError(
+                f"{desc}: the validation loss is {val['loss']} (not finite); training stopped"
+            )
         self.images_seen += stats["images"]
         row = {
             "epoch": epoch,
@@ -296,7 +309,9 @@ class Run:
                 self.on_epoch_end(row, line)
         self.done = epoch
 
-    def _save(self, phase: Phase, epoch: int, val: dict[str, Any], improved: bool, state: dict[str, Any]) -> None:
+    def _save(
+        self, phase: Phase, epoch: int, val: dict[str, Any], improved: bool, state: dict[str, Any]
+    ) -> None:
         common = {
             "provenance": self.provenance,
             "epoch": epoch,

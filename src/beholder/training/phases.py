@@ -104,7 +104,9 @@ def build_optimizer(
     With ``trainable: all`` the backbone may have its own rate (``backbone_lr``).
     """
     nima = unwrap(model)
-    groups: list[dict[str, Any]] = [{"params": list(nima.head.parameters()), "lr": settings.lr, "name": "head"}]
+    groups: list[dict[str, Any]] = [
+        {"params": list(nima.head.parameters()), "lr": settings.lr, "name": "head"}
+    ]
     if settings.trainable == "all":
         groups.append(
             {

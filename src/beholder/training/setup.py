@@ -81,7 +81,9 @@ def open_run(config: TrainConfig, files: RunFiles, resume: bool) -> dict[str, An
     """
     if not resume:
         if files.last.exists():
-            raise ConfigError(f"{files.out_dir} already holds a run ({files.last}); use --resume or another --out")
+            raise ConfigError(
+                f"{files.out_dir} already holds a run ({files.last}); use --resume or another --out"
+            )
         return None
     if not files.last.is_file():
         raise ConfigError(f"nothing to resume: {files.last} does not exist")
@@ -116,7 +118,9 @@ class RunData:
             if frame.empty:
                 raise ConfigError(f"{data_dir}: the manifest has no {split!r} rows")
         rebalance = data.rebalance
-        rare_copy = RareCopyAugment(rebalance.scale_jitter, rebalance.jpeg_quality_min) if rebalance.enabled else None
+        rare_copy = (
+            RareCopyAugment(rebalance.scale_jitter, rebalance.jpeg_quality_min) if rebalance.enabled else None
+        )
         common = {"use_cache": data.use_cache, "draft_size": pre.draft_size()}
         train_frame = frames[data.train_split]
         self.train_set = RatingDataset(
