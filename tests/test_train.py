@@ -243,7 +243,14 @@ class _Stop(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [["data.num_workers=1"], ["feature_cache=true"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["data.num_workers=1"],
+        ["feature_cache=true"],
+        ["data.rebalance.enabled=true", "data.rebalance.target_share=0.2", "data.rebalance.max_copies=2"],
+    ],
+)
 def test_resume_is_exact_with_persistent_workers_and_the_feature_cache(
     small_data, tmp_path, monkeypatch, extra
 ):
@@ -270,6 +277,39 @@ def test_resume_is_exact_with_persistent_workers_and_the_feature_cache(
             rtol=1e-5,
             err_msg=column,
         )
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_extended_by_resuming_with_more_epochs_in_its_last_phase(
+    small_data, tmp_path, monkeypatch, capsys
+):
+    from beholder import cli
+
+    require_weights(monkeypatch)
+    run = tmp_path / "run"
+    start = [
+        *TINY,
+        "batch_size=8",
+        "phase1.epochs=1",
+        "phase2.epochs=1",
+        "phase2.lr=1e-3",
+        "phase2.decay=0.5",
+    ]
+    assert cli.main(["train", "--data", str(small_data), "--out", str(run), *start]) == 0
+    assert "resumed" not in capsys.readouterr().out
+    for fewer in ("phase2.epochs=0", "phase1.epochs=2"):
+        assert cli.main(["train", "--data", str(small_data), "--out", str(run), "--resume", fewer]) == 2
+        assert "differs from the run" in capsys.readouterr().err
+    assert (
+        cli.main(["train", "--data", str(small_data), "--out", str(run), "--resume", "phase2.epochs=2"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "resumed from epoch 2" in out and "epoch 3/3 phase 2:" in out
+    history = read_history(run / "history.csv")
+    assert [(r["epoch"], r["phase"]) for r in history] == [("1", "1"), ("2", "2"), ("3", "2")]
+    # The phase's schedule went on: 3 steps per epoch, so epoch 3 ended at step t=5 of phase 2.
+    assert float(history[-1]["lr"]) == pytest.approx(1e-3 / (1 + 0.5 * 5), rel=1e-6)
+    assert load_config(run / "config.yaml").phase2.epochs == 2
 
 
 def _train_command(data: Path, run: Path, *extra: str) -> List[str]:

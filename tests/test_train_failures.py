@@ -12,9 +12,10 @@ import torch
 
 from beholder import cli
 from beholder.config import load_config
+from beholder.losses import EMDLoss
 from beholder.models.checkpoint import CheckpointWriteError, read_checkpoint, save_checkpoint
 from beholder.models.nima import Architecture, build_nima
-from beholder.training import NonFiniteLossError, fit
+from beholder.training import TrainingDivergedError, fit, train_one_epoch
 from train_helpers import TINY, make_prepared_dir, require_weights
 
 
@@ -41,18 +42,20 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_with_exit_2(
         "phase1.epochs=1",
         "phase1.lr=1e-3",
         "phase2.epochs=4",
-        "phase2.lr=1e30",
+        "phase2.lr=1e9",
     ]
     code = cli.main(["train", "--data", str(small_data), "--out", str(run), *overrides])
     out, err = capsys.readouterr()
     assert code == 2
-    assert "epoch 2/5 phase 2, step" in err and "not finite" in err and "learning rate" in err
+    # lr 1e9 saturates the softmax: the loss stays finite, every image gets the same prediction.
+    assert "epoch 2/5 phase 2: the model predicts the same distribution for all 8 validation images" in err
+    assert "learning rate that is too high" in err
     assert f"last good checkpoint: {run / 'checkpoints' / 'last.pt'} (epoch 1" in err
     assert "score with" not in out and "epoch 3/5" not in out  # no second epoch of NaN
     lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 1 and lines[0].startswith("epoch 1/5 phase 1:")
     summary = _strict_json(run / "summary.json")
-    assert summary["epochs"] == 1 and summary["best_epoch"] == 1 and "not finite" in summary["stopped"]
+    assert summary["epochs"] == 1 and summary["best_epoch"] == 1 and "collapsed" in summary["stopped"]
     assert read_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
     # The weights on disk are the last finite ones.
     last = read_checkpoint(run / "checkpoints" / "last.pt")
@@ -61,14 +64,36 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_with_exit_2(
 
 def test_no_finished_epoch_means_no_best_checkpoint_in_the_summary(small_data, tmp_path, monkeypatch):
     require_weights(monkeypatch)
-    config = load_config(
-        None, [*TINY, "batch_size=8", "phase1.epochs=0", "phase2.epochs=4", "phase2.lr=1e30"]
-    )
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1/4 phase 2, step \d+.*no checkpoint was written"):
+    config = load_config(None, [*TINY, "batch_size=8", "phase1.epochs=0", "phase2.epochs=4", "phase2.lr=1e9"])
+    with pytest.raises(
+        TrainingDivergedError, match=r"epoch 1/4 phase 2: .*collapsed.*no checkpoint was written"
+    ):
         fit(config, small_data, tmp_path / "run")
     summary = _strict_json(tmp_path / "run" / "summary.json")
     assert summary["epochs"] == 0 and summary["best_checkpoint"] is None and summary["best_val_emd"] is None
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def test_a_nan_loss_stops_before_the_optimizer_steps_on_it():
+    model = build_nima(Architecture(alpha=0.25, dropout=0.0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    batches = [(torch.rand(2, 3, 32, 32), torch.full((2, 10), 0.1))] * 3
+
+    def loss_fn(logits, targets):  # finite for the first batch, NaN from the second on
+        loss_fn.calls += 1
+        loss = EMDLoss()(logits, targets)
+        return loss if loss_fn.calls == 1 else loss * float("nan")
+
+    loss_fn.calls = 0
+    with pytest.raises(
+        TrainingDivergedError, match=r"train, step 2: the training loss is nan \(not finite\)"
+    ):
+        train_one_epoch(model, batches, optimizer, loss_fn, torch.device("cpu"))
+    assert loss_fn.calls == 2 and optimizer.state[model.head[1].weight]["step"] == 1  # only the finite step
+    after = model.state_dict()
+    assert all(torch.isfinite(value).all() for value in after.values() if value.is_floating_point())
+    assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
 
 
 def test_a_full_disk_names_the_last_good_checkpoint(small_data, tmp_path, monkeypatch, capsys):

@@ -28,7 +28,7 @@ from beholder.training.distributed import (
 from beholder.training.fit import fit
 from beholder.training.loop import (
     FeatureCache,
-    NonFiniteLossError,
+    TrainingDivergedError,
     predict,
     train_head_one_epoch,
     train_one_epoch,
@@ -50,8 +50,8 @@ __all__ = [
     "RUNTIME_KEYS",
     "DistInfo",
     "FeatureCache",
-    "NonFiniteLossError",
     "Placement",
+    "TrainingDivergedError",
     "autocast_dtype",
     "build_optimizer",
     "build_scheduler",

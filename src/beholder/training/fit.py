@@ -14,7 +14,7 @@ copy)``; ``last.pt`` carries model, optimizer, scheduler, grad scaler and RNG st
 ``fit(..., resume=True)`` continues as if never stopped.
 
 Failures stop the run with a message and keep what is done: a non-finite loss
-(:class:`~beholder.training.loop.NonFiniteLossError`) before the optimizer steps on it, a
+(:class:`~beholder.training.loop.TrainingDivergedError`) before the optimizer steps on it, a
 checkpoint that cannot be written (:class:`~beholder.models.checkpoint.CheckpointWriteError`)
 with the last good checkpoint named; both exit ``beholder train`` with code 2.
 """
@@ -50,7 +50,13 @@ from beholder.training.distributed import (
     teardown_distributed,
     wrap_ddp,
 )
-from beholder.training.loop import NonFiniteLossError, train_head_one_epoch, train_one_epoch, validate
+from beholder.training.loop import (
+    TrainingDivergedError,
+    check_validation,
+    train_head_one_epoch,
+    train_one_epoch,
+    validate,
+)
 from beholder.training.phases import Phase, build_optimizer, build_scheduler, plan_phases, set_trainable
 from beholder.training.rng import epoch_seed, rng_state, seed_everything, set_rng_state
 from beholder.training.setup import RunData, RunFiles, open_run
@@ -87,7 +93,7 @@ def fit(
         the summary (also written to ``summary.json``).
 
     Raises:
-        ConfigError: bad configuration or data; NonFiniteLossError and CheckpointWriteError
+        ConfigError: bad configuration or data; TrainingDivergedError and CheckpointWriteError
             (both ConfigErrors) when training cannot go on.
     """
     config.validate()
@@ -180,10 +186,10 @@ class Run:
             for phase in plan_phases(self.config):
                 if phase.last_epoch > self.done:
                     self.run_phase(phase)
-        except NonFiniteLossError as exc:
+        except TrainingDivergedError as exc:
             stopped = f"{exc}; {self._last_good()}"
             self.finish(stopped)
-            raise NonFiniteLossError(stopped) from exc
+            raise TrainingDivergedError(stopped) from exc
         return self.finish()
 
     def run_phase(self, phase: Phase) -> None:
@@ -281,10 +287,7 @@ class Run:
             progress=self.progress,
             desc=desc + " val",
         )
-        if not math.isfinite(val["loss"]):
-            raise NonFiniteLossError(
-                f"{desc}: the validation loss is {val['loss']} (not finite); training stopped"
-            )
+        check_validation(val, desc)
         self.images_seen += stats["images"]
         row = {
             "epoch": epoch,

@@ -2,7 +2,7 @@
 
 Plain functions in the torchvision-references style. Each takes a
 :class:`~beholder.training.distributed.Placement` (or just a device) for where tensors go, and
-stops at the first non-finite loss with :class:`NonFiniteLossError` before the optimizer steps.
+stops at the first non-finite loss with :class:`TrainingDivergedError` before the optimizer steps.
 """
 
 from __future__ import annotations
@@ -29,20 +29,20 @@ from beholder.training.phases import set_train_mode
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(ConfigError):
-    """The loss became NaN or infinite: training stopped before the optimizer stepped on it."""
+class TrainingDivergedError(ConfigError):
+    """Training cannot go on: the loss became NaN or infinite (stopped before the optimizer stepped
+    on it), or the model collapsed to one prediction for every image (see :func:`check_validation`)."""
 
 
 def _stop_if_not_finite(loss: torch.Tensor, distributed: bool, where: str, step: int) -> float:
-    """``loss.item()``, or NonFiniteLossError (on every process, if any of them saw it) when not finite."""
+    """``loss.item()``, or TrainingDivergedError (on every process, if any of them saw it) when not finite."""
     value = loss.item()
     bad = not math.isfinite(value)
     if distributed:  # one process alone stopping would leave the others waiting in all_reduce
         bad = all_reduce_sum([float(bad)], loss.device)[0] > 0
     if bad:
-        raise NonFiniteLossError(
-            f"{where}, step {step + 1}: the training loss is {value} (not finite); training stopped. "
-            "A learning rate that is too high is the usual cause"
+        raise TrainingDivergedError(
+            f"{where}, step {step + 1}: the training loss is {value} (not finite); {_STOPPED}"
         )
     return value
 
@@ -152,7 +152,32 @@ def validate(
         predicted, truth = all_gather_rows(predicted, truth)
     result = metrics.summarize(truth, predicted)
     result["loss"] = result["emd"]
+    # How far apart the predicted means are: 0 when the model gives every image the same answer.
+    result["predicted_mean_std"] = (
+        float(np.std(metrics.distribution_mean(predicted))) if len(predicted) else 0.0
+    )
     return result
+
+
+def check_validation(result: dict[str, float], where: str) -> None:
+    """Raise TrainingDivergedError when :func:`validate`'s ``result`` shows a diverged model.
+
+    That is a non-finite validation loss, or the very same predicted mean for every image: a
+    model whose weights blew up (a learning rate of 1e9, say) saturates its softmax, keeps a
+    finite loss, and makes the rank correlation undefined (NaN) from then on.
+    """
+    if not math.isfinite(result["loss"]):
+        raise TrainingDivergedError(
+            f"{where}: the validation loss is {result['loss']} (not finite); {_STOPPED}"
+        )
+    if result["n"] > 1 and result["predicted_mean_std"] == 0.0:
+        raise TrainingDivergedError(
+            f"{where}: the model predicts the same distribution for all {result['n']} validation images "
+            f"(it has collapsed, and val SRCC is undefined); {_STOPPED}"
+        )
+
+
+_STOPPED = "training stopped. A learning rate that is too high is the usual cause"
 
 
 # ---------------------------------------------------------------------------------------------
