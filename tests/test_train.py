@@ -436,3 +436,46 @@ def test_two_process_ddp_run_writes_artefacts_from_rank_0_only(tmp_path):
     val = RatingDataset(manifest[manifest.split == "val"], build_eval_transform(model.preprocessing))
     metrics_one_process = evaluate(model, DataLoader(val, batch_size=8), torch.device("cpu"))
     assert float(history[-1]["val_loss"]) == pytest.approx(metrics_one_process["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_feature_cache_keeps_every_head_in_step(tmp_path):
+    # The cached head phase runs the head alone in DistributedDataParallel; if the processes'
+    # heads drifted apart, the gathered validation (each rank predicts its shard with its own
+    # head) would differ from one process validating rank 0's saved model.
+    if not WEIGHTS_025.is_file():
+        pytest.skip(f"offline weights not available: {WEIGHTS_025}")
+    data = make_prepared_dir(tmp_path / "data", counts=(32, 16, 0), size=48, cache_size=40)
+    env = {**os.environ, "BEHOLDER_WEIGHTS_PATH": str(WEIGHTS_025_DIR), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    command = [
+        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+        *["-m", "beholder", "train", "--data", str(data), "--out", str(run), *TINY],
+        *["batch_size=8", "feature_cache=true", "phase1.epochs=2", "phase1.lr=0.01", "phase2.epochs=0"],
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = read_history(run / "history.csv")
+    assert [(r["epoch"], r["phase"]) for r in history] == [("1", "1"), ("2", "1")]
+    model, _ = load_checkpoint(run / "checkpoints" / "last.pt")
+    manifest = read_manifest(data)
+    val = RatingDataset(manifest[manifest.split == "val"], build_eval_transform(model.preprocessing))
+    one_process = evaluate(model, DataLoader(val, batch_size=8), torch.device("cpu"))
+    assert float(history[-1]["val_loss"]) == pytest.approx(one_process["loss"], rel=1e-5)
+    assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
+
+
+def test_unwrap_finds_the_model_inside_ddp_and_torch_compile():
+    from beholder.models.checkpoint import unwrap
+    from beholder.models.nima import Architecture, build_nima
+
+    model = build_nima(Architecture(alpha=0.25))
+
+    class Wrapper(torch.nn.Module):  # what DistributedDataParallel looks like from outside
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    compiled = torch.compile(model)  # compiles lazily, on the first call
+    assert unwrap(model) is model and unwrap(compiled) is model
+    assert unwrap(Wrapper(model)) is model and unwrap(Wrapper(compiled)) is model

@@ -135,7 +135,8 @@ def test_checkpoints_get_the_umask_mode(tmp_path, umask):
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
     assert read_checkpoint(path)["epoch"] == 1
-    assert "sampler" not in read_checkpoint(path)
+    payload = read_checkpoint(path)
+    assert "sampler" not in payload and "extra" not in payload["preprocessing"]
 
 
 def test_missing_backbone_weights_name_the_training_option(small_data, tmp_path, monkeypatch, capsys):

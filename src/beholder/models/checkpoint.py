@@ -49,7 +49,9 @@ class CheckpointWriteError(ConfigError):
 def unwrap(model: torch.nn.Module) -> NIMA:
     """The plain model inside DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, torch.nn.Module):
             return model
         model = inner
