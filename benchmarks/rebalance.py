@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=32)
     parser.add_argument("--per-bin", type=int, default=150, help="data.undersample_per_bin (AVA: 2000)")
     parser.add_argument("--phase1", type=int, default=8, help="head-only epochs (feature cache)")
-    parser.add_argument("--phase2", type=int, default=2, help="all-layer epochs")
+    parser.add_argument("--phase2", type=int, default=3, help="all-layer epochs")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--work", type=Path, default=None, help="keep the data and runs here")
     parser.add_argument(
