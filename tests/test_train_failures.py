@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,6 +124,19 @@ def test_a_full_disk_names_the_last_good_checkpoint(small_data, tmp_path, monkey
     code = cli.main(["train", "--data", str(small_data), "--out", str(run), "--resume"])
     assert code == 2
     assert "no space left on device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_real_write_failure_from_the_kernel_is_reported_with_its_reason(tmp_path, monkeypatch):
+    # /dev/full answers every write with ENOSPC, as a full disk does: torch's writer must let the
+    # reason through rather than a RuntimeError without it.
+    import beholder.models.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "atomic_write", lambda path, write: write(Path("/dev/full")))
+    with pytest.raises(
+        CheckpointWriteError, match=r"model\.pt: cannot write the checkpoint: no space left on device"
+    ):
+        save_checkpoint(tmp_path / "model.pt", build_nima(Architecture(alpha=0.25)))
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
