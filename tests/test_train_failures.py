@@ -32,6 +32,7 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_at_the_first_non_finite_loss_with_exit_2(
     small_data, tmp_path, monkeypatch, capsys
 ):
@@ -63,6 +64,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_with_exit_2(
     assert all(torch.isfinite(value).all() for value in last["model"].values() if value.is_floating_point())
 
 
+@pytest.mark.slow
 def test_no_finished_epoch_means_no_best_checkpoint_in_the_summary(small_data, tmp_path, monkeypatch):
     require_weights(monkeypatch)
     config = load_config(None, [*TINY, "batch_size=8", "phase1.epochs=0", "phase2.epochs=4", "phase2.lr=1e9"])
@@ -97,6 +99,7 @@ def test_a_nan_loss_stops_before_the_optimizer_steps_on_it():
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
 
 
+@pytest.mark.slow
 def test_a_full_disk_names_the_last_good_checkpoint(small_data, tmp_path, monkeypatch, capsys):
     require_weights(monkeypatch)
     real_save = torch.save
