@@ -65,6 +65,7 @@ def rated_photos(tmp_path_factory):
     return prepared
 
 
+@pytest.mark.slow
 def test_epoch_0_validation_equals_scoring_with_the_idealo_model(rated_photos):
     config = load_config(None, FINETUNE)
     model, provenance = create_training_model(config, prepared_dir=rated_photos)
@@ -81,6 +82,7 @@ def test_epoch_0_validation_equals_scoring_with_the_idealo_model(rated_photos):
     np.testing.assert_allclose(validated, scored, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fine_tuning_moves_toward_the_new_labels_and_records_its_start(rated_photos, tmp_path):
     config = load_config(None, FINETUNE)
     model, _ = create_training_model(config, prepared_dir=rated_photos)

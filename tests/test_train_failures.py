@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_at_the_first_non_finite_loss_with_exit_2(
     small_data, tmp_path, monkeypatch, capsys
 ):
@@ -62,6 +64,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_with_exit_2(
     assert all(torch.isfinite(value).all() for value in last["model"].values() if value.is_floating_point())
 
 
+@pytest.mark.slow
 def test_no_finished_epoch_means_no_best_checkpoint_in_the_summary(small_data, tmp_path, monkeypatch):
     require_weights(monkeypatch)
     config = load_config(None, [*TINY, "batch_size=8", "phase1.epochs=0", "phase2.epochs=4", "phase2.lr=1e9"])
@@ -96,6 +99,7 @@ def test_a_nan_loss_stops_before_the_optimizer_steps_on_it():
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
 
 
+@pytest.mark.slow
 def test_a_full_disk_names_the_last_good_checkpoint(small_data, tmp_path, monkeypatch, capsys):
     require_weights(monkeypatch)
     real_save = torch.save
@@ -123,6 +127,19 @@ def test_a_full_disk_names_the_last_good_checkpoint(small_data, tmp_path, monkey
     code = cli.main(["train", "--data", str(small_data), "--out", str(run), "--resume"])
     assert code == 2
     assert "no space left on device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_real_write_failure_from_the_kernel_is_reported_with_its_reason(tmp_path, monkeypatch):
+    # /dev/full answers every write with ENOSPC, as a full disk does: torch's writer must let the
+    # reason through rather than a RuntimeError without it.
+    import beholder.models.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "atomic_write", lambda path, write: write(Path("/dev/full")))
+    with pytest.raises(
+        CheckpointWriteError, match=r"model\.pt: cannot write the checkpoint: no space left on device"
+    ):
+        save_checkpoint(tmp_path / "model.pt", build_nima(Architecture(alpha=0.25)))
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])

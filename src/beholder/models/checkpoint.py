@@ -100,15 +100,17 @@ def save_checkpoint(path: PathLike, model: torch.nn.Module, **extra: Any) -> Pat
         "model": nima.state_dict(),
         **{key: _plain(value, key) for key, value in extra.items()},
     }
+
+    def write(temporary: Path) -> None:
+        # Through a Python file, so that a failed write(2) (a full disk) comes back as an OSError
+        # with its errno; given a path, torch's own writer reports it as a RuntimeError without it.
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+
     try:
-        return atomic_write(path, lambda temporary: torch.save(payload, temporary))
+        return atomic_write(path, write)
     except OSError as exc:
         raise CheckpointWriteError(path, _write_failure(exc)) from exc
-    except RuntimeError as exc:
-        # torch's zip writer reports a failed write(2) (a full disk) as a RuntimeError.
-        if "write" not in str(exc).lower():
-            raise
-        raise CheckpointWriteError(path, f"{exc} (is the disk full?)") from exc
 
 
 def _write_failure(exc: OSError) -> str:
