@@ -14,7 +14,7 @@ from PIL import Image
 from bad_images import bad_files, odd_mode_files
 from beholder import Scorer
 from beholder.cli import main
-from beholder.inference import expand_inputs
+from beholder.imageio import expand_inputs
 from beholder.models import Architecture, build_nima
 from conftest import IDEALO_KERAS_MEANS, make_photo
 
