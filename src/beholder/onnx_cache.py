@@ -32,10 +32,15 @@ _CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
-    """``$BEHOLDER_CACHE/onnx``."""
+    """``$BEHOLDER_ONNX_CACHE`` if set, else ``$BEHOLDER_CACHE/onnx``.
+
+    A folder of its own can be shared (by a team, or by a test session), since entries are keyed by
+    content and verified on every use.
+    """
     from beholder.weights import cache_dir
 
-    return cache_dir() / "onnx"
+    override = os.environ.get("BEHOLDER_ONNX_CACHE")
+    return Path(override).expanduser() if override else cache_dir() / "onnx"
 
 
 def source_key(**identity: Any) -> str:
