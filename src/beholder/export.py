@@ -164,7 +164,7 @@ def export_onnx(
                 output_names=[output],
                 opset_version=opset,
                 dynamo=True,
-                dynamic_shapes={"images": {0: batch}},
+                dynamic_shapes=({0: batch},),  # by position: NIMA.forward names its input x
                 verbose=False,
             )
     except ImportError as exc:  # the torch.export-based exporter needs onnxscript

@@ -160,12 +160,13 @@ class _OnnxFileRuntime:
 
     @classmethod
     def from_file(
-        cls, path: Union[str, os.PathLike], device: Optional[str] = None, *, verify: bool = True, **kwargs
+        cls, path: Union[str, os.PathLike], device: Optional[str] = None, *, verify: bool = False, **kwargs
     ):
         """Run an ONNX file written by :func:`beholder.export.export_onnx`.
 
         ``verify`` runs it on probe images first and refuses a file whose graph does not match its
-        metadata (see :func:`beholder.onnx_model.check_model_outputs`).
+        metadata (see :func:`beholder.onnx_model.check_model_outputs`); ``Scorer.from_onnx`` and
+        ``beholder score --onnx`` do, for users' files.
         """
         return cls(None, device, path=path, verify=verify, **kwargs)
 
