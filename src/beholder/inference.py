@@ -408,7 +408,13 @@ def _cached_engine(
     from beholder.export import export_onnx
 
     model = build()
-    log.info("exporting %s to ONNX once, for runtime %s (cached for later runs)", name, runtime)
+    # A warning so that the CLI shows it: the first run pauses for the export, once.
+    log.warning(
+        "first use of %s with runtime %s: exporting it to ONNX once (later runs load it from %s)",
+        name,
+        runtime,
+        cache.folder,
+    )
     path = cache.store(
         key, lambda target: export_onnx(model, target, name=name, provenance=provenance, check=False)
     )
