@@ -26,7 +26,6 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from beholder import serve  # noqa: E402
 from beholder.cli import main  # noqa: E402
 from beholder.cli.score import render  # noqa: E402
 from beholder.errors import ConfigError  # noqa: E402
@@ -333,7 +332,9 @@ def test_paths_and_urls_in_form_fields_are_never_read(scorer, tmp_path, monkeypa
     opened = []
     real_preprocess = scorer.preprocess  # every upload is loaded through the scoring core
     monkeypatch.setattr(
-        scorer, "preprocess", lambda source, *a, **kw: opened.append(source) or real_preprocess(source, *a, **kw)
+        scorer,
+        "preprocess",
+        lambda source, *a, **kw: opened.append(source) or real_preprocess(source, *a, **kw),
     )
     with TestClient(create_app(scorer)) as client:
         for field in ({"path": str(on_disk)}, {"files": str(on_disk)}, {"url": "http://127.0.0.1:9/x.jpg"}):

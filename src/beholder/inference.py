@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 #: The per-item error of a model output that is NaN or infinite.
 NOT_FINITE = "model output is not finite"
+_OWN_LIMIT = object()  # Scorer.preprocess: "use the scorer's max_pixels" (None means no limit)
 
 
 @dataclass
@@ -309,13 +310,13 @@ class Scorer:
     # -- scoring -----------------------------------------------------------------------------
 
     def preprocess(
-        self, source: ImageSource, name: Optional[str] = None, *, max_pixels: Any = "default"
+        self, source: ImageSource, name: Optional[str] = None, *, max_pixels: Any = _OWN_LIMIT
     ) -> np.ndarray:
         """Load one image and turn it into the model's (3, H, W) float32 input.
 
-        ``max_pixels`` overrides the scorer's limit (the service has its own).
+        ``max_pixels`` (an int, or None for no limit) overrides the scorer's (the service has its own).
         """
-        limit = self.max_pixels if max_pixels == "default" else max_pixels
+        limit = self.max_pixels if max_pixels is _OWN_LIMIT else max_pixels
         return load_input(source, self.preprocessing, name=name, max_pixels=limit, fidelity=self.fidelity)
 
     def predict(self, batch: Any) -> np.ndarray:
