@@ -7,13 +7,16 @@ from typing import Any, Optional
 
 
 def add_model_arguments(
-    parser: argparse.ArgumentParser, runtime: Optional[str] = "torch", onnx: bool = False
+    parser: argparse.ArgumentParser, runtime: Optional[str] = "default", onnx: bool = False
 ) -> None:
     """``--model NAME | --checkpoint FILE [| --onnx FILE]``, ``--weights FILE``, ``--device``, ``--runtime``.
 
-    ``runtime`` is the default runtime, or None for commands that never run the model (export).
+    ``runtime`` is the default runtime (``"default"``: :func:`default_runtime`, so that every command
+    that scores uses the same engine), or None for commands that never run the model (export).
     ``onnx`` offers ``--onnx FILE``: score with an ONNX file written by ``beholder export``.
     """
+    if runtime == "default":
+        runtime = default_runtime()
     from beholder.defaults import DEFAULT_MODEL
 
     group = parser.add_mutually_exclusive_group()

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from beholder.cli._common import add_model_arguments, default_runtime, scorer_from_args
+from beholder.cli._common import add_model_arguments, scorer_from_args
 
 if TYPE_CHECKING:
     from beholder.inference import ScoreResult
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, directory (recursive) or glob")
-    add_model_arguments(parser, runtime=default_runtime(), onnx=True)
+    add_model_arguments(parser, onnx=True)
     parser.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table")
     parser.add_argument("--rank", action="store_true", help="sort by mean score, best first")
     parser.add_argument(
