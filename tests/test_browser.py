@@ -105,6 +105,11 @@ def test_web_page_ranks_dropped_photos(server, browser, artifacts, tmp_path):
     exact = [float(cards.nth(i).get_attribute("data-mean")) for i in range(3)]
     assert exact == sorted(exact, reverse=True)  # ranked best first
     assert shown == [round(m, 2) for m in exact]
+    # Each card says what its mean means: the share of AVA photos rated lower.
+    percentiles = [float(cards.nth(i).get_attribute("data-percentile")) for i in range(3)]
+    assert percentiles == sorted(percentiles, reverse=True)  # monotone in the mean
+    labels = [cards.nth(i).locator(".percentile").inner_text() for i in range(3)]
+    assert labels == [f"beats {int(p + 0.5)}% of AVA" for p in percentiles]  # JavaScript's Math.round
     assert [cards.nth(i).locator(".rank").inner_text() for i in range(3)] == ["#1", "#2", "#3"]
     names = [cards.nth(i).locator(".name").inner_text() for i in range(3)]
     assert sorted(names) == sorted(p.name for p in photos)

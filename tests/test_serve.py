@@ -26,7 +26,6 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from beholder import serve  # noqa: E402
 from beholder.cli import main  # noqa: E402
 from beholder.cli.score import render  # noqa: E402
 from beholder.errors import ConfigError  # noqa: E402
@@ -111,7 +110,7 @@ def test_single_image_gives_the_same_json_as_the_cli(scorer):
     assert response.status_code == 200
     (item,) = response.json()
     expected = json.loads(render(scorer.score([data], names=["kitchen.jpg"]), "json"))[0]
-    assert set(item) == set(expected) == {"path", "mean", "std", "distribution"}
+    assert set(item) == set(expected) == {"path", "mean", "std", "percentile", "distribution"}
     assert item["path"] == "kitchen.jpg"
     assert item["mean"] == pytest.approx(expected["mean"], abs=1e-5)
     assert item["std"] == pytest.approx(expected["std"], abs=1e-5)
@@ -331,9 +330,11 @@ def test_paths_and_urls_in_form_fields_are_never_read(scorer, tmp_path, monkeypa
     on_disk = tmp_path / "secret.jpg"
     on_disk.write_bytes(photo(9))
     opened = []
-    real_open = serve.open_image
+    real_preprocess = scorer.preprocess  # every upload is loaded through the scoring core
     monkeypatch.setattr(
-        serve, "open_image", lambda source, **kw: opened.append(source) or real_open(source, **kw)
+        scorer,
+        "preprocess",
+        lambda source, *a, **kw: opened.append(source) or real_preprocess(source, *a, **kw),
     )
     with TestClient(create_app(scorer)) as client:
         for field in ({"path": str(on_disk)}, {"files": str(on_disk)}, {"url": "http://127.0.0.1:9/x.jpg"}):

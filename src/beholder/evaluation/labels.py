@@ -186,7 +186,7 @@ def _image_index(images_dir: Path) -> dict[str, str]:
 
     An ambiguous key (two files with one stem) maps to "" so that using it is an error.
     """
-    from beholder.inference import expand_inputs
+    from beholder.imageio import expand_inputs
 
     index: dict[str, str] = {}
     for text in expand_inputs([images_dir]):
