@@ -258,7 +258,18 @@ def _score_in_child(checkpoint: Path, paths: list[str]) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["score", "--checkpoint", str(checkpoint), "--format", "jsonl", "--workers", "1", *paths])
+        argv = [
+            "score",
+            "--checkpoint",
+            str(checkpoint),
+            "--runtime",
+            "torch",
+            "--format",
+            "jsonl",
+            "--workers",
+            "1",
+        ]
+        code = main([*argv, *paths])
     return code, out.getvalue(), err.getvalue()
 
 

@@ -14,6 +14,10 @@ A checkpoint is data, never code: it holds only tensors, plain containers, numbe
 (checked when it is written), and it is read with ``torch.load(weights_only=True)``, which refuses
 anything else, so a crafted file cannot run code in any load path.
 
+A checkpoint is written atomically through :func:`beholder.files.atomic_write` (mode from the
+umask, 0644 typically); a failed write (a full disk, say) leaves the previous file intact and
+raises :class:`CheckpointWriteError`.
+
 Checkpoints written before that (with NumPy RNG states and other pickled objects) are refused.
 ``trust=True`` (``--trust-checkpoint`` on the command line) loads them with full unpickling, which
 runs whatever code the file holds: only for files you wrote yourself.
@@ -24,13 +28,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any
 
 import torch
 
 from beholder.errors import ConfigError
+from beholder.files import PathLike, atomic_write
 from beholder.models.nima import NIMA, Architecture, build_nima
 from beholder.preprocessing import Preprocessing
 
@@ -40,9 +44,24 @@ CHECKPOINT_FORMAT = "beholder-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def _unwrap(model: torch.nn.Module) -> NIMA:
-    # DistributedDataParallel and torch.compile wrap the module; the checkpoint holds the plain one.
-    return getattr(model, "module", getattr(model, "_orig_mod", model))
+class CheckpointWriteError(ConfigError):
+    """A checkpoint could not be written (disk full, read-only, ...); the previous one is intact."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: cannot write the checkpoint: {reason}")
+
+
+def unwrap(model: torch.nn.Module) -> NIMA:
+    """The plain model inside DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
 
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
@@ -71,10 +90,15 @@ def _plain(value: Any, where: str) -> Any:
     raise TypeError(f"checkpoint entry {where} is a {type(value).__name__}, not plain data")
 
 
-def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, **extra: Any) -> Path:
-    """Write a checkpoint atomically (temporary file in the same directory, then rename)."""
-    nima = _unwrap(model)
-    payload: Dict[str, Any] = {
+def save_checkpoint(path: PathLike, model: torch.nn.Module, **extra: Any) -> Path:
+    """Write a checkpoint atomically (temporary file in the same directory, then rename).
+
+    Raises:
+        CheckpointWriteError: the file could not be written (``reason`` says why, e.g. "no space
+            left on device"); whatever was at ``path`` before is unchanged.
+    """
+    nima = unwrap(model)
+    payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "architecture": nima.architecture.to_dict(),
@@ -83,20 +107,25 @@ def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, **extra: Any
         "model": nima.state_dict(),
         **{key: _plain(value, key) for key, value in extra.items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+
+    def write(temporary: Path) -> None:
+        # Through a Python file, so that a failed write(2) (a full disk) comes back as an OSError
+        # with its errno; given a path, torch's own writer reports it as a RuntimeError without it.
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+
     try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+        return atomic_write(path, write)
+    except OSError as exc:
+        raise CheckpointWriteError(path, _write_failure(exc)) from exc
 
 
-def read_checkpoint(path: Union[str, Path], *, trust: bool = False) -> Dict[str, Any]:
+def _write_failure(exc: OSError) -> str:
+    """``OSError(ENOSPC)`` -> "no space left on device" (the OS's words, whatever the message)."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+def read_checkpoint(path: PathLike, *, trust: bool = False) -> dict[str, Any]:
     """Load a checkpoint dict (on CPU), checking that it is one of ours.
 
     ``trust=True`` unpickles anything (old-format checkpoints), which can run code: see the module.
@@ -141,26 +170,33 @@ def _load_data_only(path: Path) -> Any:
     return payload
 
 
-def load_checkpoint(path: Union[str, Path], *, trust: bool = False) -> Tuple[NIMA, Dict[str, Any]]:
+def load_checkpoint(path: PathLike, *, trust: bool = False) -> tuple[NIMA, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict).
 
     ``trust``: load an old-format checkpoint with full unpickling (see :func:`read_checkpoint`).
     """
     payload = read_checkpoint(path, trust=trust)
+    return model_from_payload(payload, path).eval(), payload
+
+
+def model_from_payload(payload: dict[str, Any], path: PathLike | None = None) -> NIMA:
+    """The model a checkpoint dict describes, with its weights (in training mode, as built).
+
+    Raises ConfigError naming ``path`` when the description is damaged or the weights do not fit it.
+    """
+    where = f"checkpoint {path}" if path is not None else "the checkpoint"
     try:
         model = build_nima(
             Architecture.from_dict(payload["architecture"]),
             preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"checkpoint {path} has a damaged model description: {_reason(exc)}") from exc
+        raise ConfigError(f"{where} has a damaged model description: {_reason(exc)}") from exc
     try:
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError, AttributeError) as exc:
-        raise ConfigError(
-            f"checkpoint {path} does not match the architecture it declares: {_reason(exc)}"
-        ) from exc
-    return model.eval(), payload
+        raise ConfigError(f"{where} does not match the architecture it declares: {_reason(exc)}") from exc
+    return model
 
 
 def _reason(exc: Exception) -> str:
