@@ -113,3 +113,67 @@ def test_training_state_round_trips_through_a_safe_checkpoint(tmp_path):
     assert expected[2] == again[2]
     with pytest.raises(TypeError, match="not plain data"):
         save_checkpoint(tmp_path / "bad.pt", model, extra=object())
+
+
+def _old_format(path: Path) -> Path:
+    """A checkpoint as Beholder wrote them before weights_only: NumPy RNG state, pickled objects."""
+    import numpy as np
+
+    from beholder.models.nima import Architecture, build_nima
+
+    model = build_nima(Architecture(alpha=0.25))
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "architecture": model.architecture.to_dict(),
+        "preprocessing": model.preprocessing.to_dict(),
+        "provenance": {},
+        "model": model.state_dict(),
+        "rng": {"numpy": np.random.get_state()},  # a tuple holding an ndarray: needs full unpickling
+    }
+    torch.save(payload, path)
+    return path
+
+
+def test_old_format_checkpoint_is_refused_with_a_hint_and_loads_with_trust(
+    tmp_path, capsys, caplog, monkeypatch
+):
+    from beholder.models.checkpoint import load_checkpoint
+    from conftest import make_photo
+
+    path = _old_format(tmp_path / "old.pt")
+    image = make_photo(tmp_path / "a.jpg")
+    assert main(["score", "--checkpoint", str(path), str(image)]) == 2
+    assert "--trust-checkpoint" in capsys.readouterr().err
+    assert (
+        main(["score", "--checkpoint", str(path), "--trust-checkpoint", "--format", "json", str(image)]) == 0
+    )
+    assert '"mean"' in capsys.readouterr().out
+    assert any("runs any code" in r.message and r.levelname == "WARNING" for r in caplog.records)
+    model, payload = load_checkpoint(path, trust=True)
+    assert model.architecture.alpha == 0.25 and len(payload["rng"]["numpy"]) == 5
+    exported = []  # export loads the trusted checkpoint; the ONNX writing itself is not the point
+    monkeypatch.setattr("beholder.export.export_onnx", lambda model, path, **kw: exported.append(model))
+    monkeypatch.setattr("beholder.export.load_onnx_metadata", lambda path: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["export", "--checkpoint", str(path), "--trust-checkpoint", "--out", str(tmp_path / "m.onnx")])
+    assert len(exported) == 1 and exported[0].architecture.alpha == 0.25
+
+
+@pytest.mark.parametrize("command", ["score", "export", "evaluate", "serve"])
+def test_every_model_command_has_the_trust_flag_and_a_poisoned_file_runs_code_only_with_it(
+    tmp_path, poisoned, command
+):
+    from beholder.cli import build_parser
+
+    required = {"score": ["a.jpg"], "export": ["--out", "m.onnx"], "evaluate": ["--data", "d", "--out", "o"]}
+    args = build_parser().parse_args(
+        [command, "--checkpoint", "x.pt", "--trust-checkpoint", *required.get(command, [])]
+    )
+    assert args.trust_checkpoint is True
+    path, marker = poisoned
+    with pytest.raises(Exception, match="refused"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    read_checkpoint(path, trust=True)  # trusted: the file's code runs, which is why the flag warns
+    assert marker.exists()

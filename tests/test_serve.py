@@ -26,6 +26,7 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from beholder import serve  # noqa: E402
 from beholder.cli import main  # noqa: E402
 from beholder.cli.score import render  # noqa: E402
 from beholder.errors import ConfigError  # noqa: E402
@@ -182,7 +183,7 @@ def test_corrupt_truncated_or_empty_file_is_422_naming_it(scorer, name, data, pr
         assert problem in body["files"][0]["error"]
 
 
-def test_upload_over_the_size_cap_is_413_before_reading_the_body(scorer):
+def test_upload_over_the_size_cap_is_413_before_the_app_reads_the_body(scorer):
     app = create_app(scorer, max_upload_bytes=50_000)
     pulled = []
 
@@ -197,15 +198,19 @@ def test_upload_over_the_size_cap_is_413_before_reading_the_body(scorer):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
             return await client.post("/v1/score", content=body(), headers=headers)
 
-    declared = asyncio.run(
-        run({"content-type": "multipart/form-data; boundary=b", "content-length": "1000000"})
-    )
+    multipart = "multipart/form-data; boundary=b"
+    declared = asyncio.run(run({"content-type": multipart, "content-length": "1000000"}))
     assert declared.status_code == 413
     assert declared.json()["error"] == "upload_too_large" and "50,000 bytes" in declared.json()["detail"]
-    assert pulled == []  # refused from Content-Length alone
+    assert len(pulled) == 101  # refused from Content-Length, then drained so that the client reads the 413
+    assert app.state.service.batcher.stats.calls == 0
+    for headers in ({"expect": "100-continue"}, {"content-length": str(10**9)}):
+        pulled.clear()  # a client waiting for 100-continue, or a body too large to drain: not read at all
+        refused = asyncio.run(run({"content-type": multipart, "content-length": "1000000", **headers}))
+        assert refused.status_code == 413 and pulled == []
     streamed = asyncio.run(run({"content-type": "multipart/form-data; boundary=b"}))  # chunked, no length
     assert streamed.status_code == 413
-    assert len(pulled) <= 8  # stopped as soon as the count passed the cap, not after 100 chunks
+    assert streamed.json()["error"] == "upload_too_large"  # counted while streaming, then drained
 
 
 def test_real_multipart_over_the_cap_is_413(scorer):
@@ -330,11 +335,9 @@ def test_paths_and_urls_in_form_fields_are_never_read(scorer, tmp_path, monkeypa
     on_disk = tmp_path / "secret.jpg"
     on_disk.write_bytes(photo(9))
     opened = []
-    real_preprocess = scorer.preprocess  # every upload is loaded through the scoring core
+    real_load = serve.load_input  # every upload is decoded through the library's loader
     monkeypatch.setattr(
-        scorer,
-        "preprocess",
-        lambda source, *a, **kw: opened.append(source) or real_preprocess(source, *a, **kw),
+        serve, "load_input", lambda source, *a, **kw: opened.append(source) or real_load(source, *a, **kw)
     )
     with TestClient(create_app(scorer)) as client:
         for field in ({"path": str(on_disk)}, {"files": str(on_disk)}, {"url": "http://127.0.0.1:9/x.jpg"}):
@@ -435,6 +438,7 @@ def test_models_healthz_page_and_openapi(scorer):
         "request_timeout_s": 9,
         "batch_window_ms": 5.0,
         "max_batch": 8,
+        "decode_budget_bytes": serve.DEFAULT_DECODE_BUDGET_BYTES,
     }
     assert health["status"] == "ok" and health["runtime"] == "torch"
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -507,3 +511,29 @@ def test_dockerfiles_pass_hadolint():
     files = [REPO / "Dockerfile", REPO / "docker" / "train-gpu.Dockerfile"]
     result = subprocess.run(["hadolint", *map(str, files)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_healthz_and_models_name_a_checkpoint_without_the_server_path(model, tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "runs" / "nima" / "best.pt", model)
+    scorer = Scorer.from_checkpoint(checkpoint, runtime="torch", batch_size=2, workers=1)
+    with TestClient(create_app(scorer)) as client:
+        health, models = client.get("/healthz"), client.get("/v1/models")
+    assert health.json()["model"] == "best.pt" and models.json()["models"][0]["name"] == "best.pt"
+    for response in (health, models):
+        assert str(tmp_path) not in response.text and "/runs/" not in response.text
+
+
+def test_service_preprocessing_matches_the_scorer_and_uses_its_own_decode_budget(scorer, tmp_path):
+    from bad_images import sixteen_bit_grey_png
+
+    grey16 = sixteen_bit_grey_png(tmp_path / "g16.png", 300, 200).read_bytes()
+    rgba = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 4), np.uint8), "RGBA").save(
+        rgba, "PNG"
+    )
+    app = create_app(scorer, decode_budget_bytes=1_000_000)
+    service = app.state.service
+    for data in (grey16, rgba.getvalue(), photo(3)):
+        assert np.array_equal(service._prepare(data, "x"), scorer.preprocess(data, "x"))  # the scoring core's
+    assert 0 < service.decode_budget.high_water <= 1_000_000
+    assert service.decode_budget.in_use == 0

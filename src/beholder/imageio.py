@@ -349,6 +349,12 @@ def _decode(
         with _quiet():
             # A RAW preview's own EXIF orientation wins over LibRaw's, so it is never applied twice.
             orientation = _orientation(image) or raw_transpose
+        if image.mode in _HIGH_BIT_GREY:
+            # Free the 16/32-bit pixels before any RGB copy exists: the peak is then the larger of
+            # (source + grey) and (grey + RGB), not all three at once.
+            grey = _high_bit_to_grey(image)
+            image.close()
+            image = grey
         converted = _convert(image, label, keep_grey)
         del image  # let the source-mode pixels go before the transposition copy
         return _upright(converted, orientation)

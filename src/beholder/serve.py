@@ -14,7 +14,8 @@ Design:
 * Only uploaded bytes are scored. No endpoint reads server paths or fetches URLs: a form field
   that is not a file upload is rejected (422), never interpreted.
 * Limits give JSON errors naming the offending file: request body over ``max_upload_bytes``
-  (413, from Content-Length before reading, or while streaming), more than ``max_files`` files
+  (413, from Content-Length before the app reads it, or while streaming; see
+  :mod:`beholder.serve_http` for that and the connection limits), more than ``max_files`` files
   (413), a file that is not an image (415) or is empty/corrupt/truncated/over ``max_pixels``
   (422), a request slower than ``request_timeout_s`` (408 while uploading, 504 after).
   When several files are sent and only some fail, the response is 200 with per-file ``error``
@@ -44,10 +45,19 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from beholder import __version__
 from beholder.errors import ConfigError
+from beholder.imageio import DecodeBudget
 from beholder.inference import NOT_FINITE, Scorer, ScoreResult, collect, fill_scores, rank
+from beholder.preprocessing import load_input
+from beholder.serve_http import (
+    DEFAULT_MAX_ACTIVE_REQUESTS,
+    ActiveRequestLimitMiddleware,
+    ApiError,
+    BodyLimitMiddleware,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,75 +67,12 @@ DEFAULT_MAX_FILES = 32
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_BATCH_WINDOW_MS = 5.0
+#: Decode memory shared by the service's decoding threads. Small, because the service process
+#: already holds the runtime: with it, a request of four 62 MP 16-bit PNGs stays near 1.5 GB of RSS.
+#: An image that needs more than this still decodes, alone.
+DEFAULT_DECODE_BUDGET_BYTES = 384 * 2**20
 
 _NOT_AN_IMAGE = "not an image"  # the start of ImageLoadError.problem for undecodable data
-
-
-class ApiError(Exception):
-    """An error answered as JSON: ``{"error": code, "detail": message, "files": [...]}``."""
-
-    def __init__(self, status: int, code: str, detail: str, files: Optional[List[Dict[str, str]]] = None):
-        super().__init__(detail)
-        self.status, self.code, self.detail, self.files = status, code, detail, files
-
-    def body(self) -> Dict[str, Any]:
-        body: Dict[str, Any] = {"error": self.code, "detail": self.detail}
-        if self.files is not None:
-            body["files"] = self.files
-        return body
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413, "upload_too_large", f"request body is larger than the limit of {limit:,} bytes ({_mib(limit)})"
-    )
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MiB"
-
-
-class BodyLimitMiddleware:
-    """ASGI middleware: 413 when the body is over ``max_bytes``, before the app reads it all.
-
-    A declared Content-Length over the limit is refused before any byte is read; a chunked or
-    understated body is counted while it streams, and refused as soon as it passes the limit.
-    """
-
-    def __init__(self, app: Callable, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                length = -1
-            if length < 0:
-                response = JSONResponse({"error": "bad_request", "detail": "invalid Content-Length"}, 400)
-                await response(scope, receive, send)
-                return
-            if length > self.max_bytes:
-                error = _too_large(self.max_bytes)
-                await JSONResponse(error.body(), error.status)(scope, receive, send)
-                return
-        received = 0
-
-        async def limited_receive() -> Dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _too_large(self.max_bytes)
-            return message
-
-        await self.app(scope, limited_receive, send)
 
 
 @dataclass
@@ -249,9 +196,10 @@ class ServiceConfig:
     batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS
     max_batch: int = 32
     workers: int = 2
+    decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES
 
     def check(self) -> None:
-        for name in ("max_upload_bytes", "max_files", "max_batch", "workers"):
+        for name in ("max_upload_bytes", "max_files", "max_batch", "workers", "decode_budget_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_pixels is not None and self.max_pixels < 1:
@@ -262,12 +210,19 @@ class ServiceConfig:
             raise ConfigError(f"batch window must not be negative, got {self.batch_window_ms}")
 
 
+def public_model_name(name: str) -> str:
+    """The model's name as clients see it: a checkpoint's file name, never the server's path to it."""
+    return os.path.basename(name.replace("\\", "/").rstrip("/")) or name
+
+
 class ScoringService:
     """Uploads -> per-file results: decoding on a thread pool, the model through a micro-batcher."""
 
     def __init__(self, scorer: Scorer, config: ServiceConfig):
         self.scorer, self.config = scorer, config
         self.runtime_name = scorer.runtime_name
+        self.model_name = public_model_name(scorer.name)
+        self.decode_budget = DecodeBudget(config.decode_budget_bytes)
         self._decode_pool: Optional[ThreadPoolExecutor] = None
         self.batcher = MicroBatcher(
             scorer.predict, max_batch=config.max_batch, window_s=config.batch_window_ms / 1000
@@ -275,7 +230,16 @@ class ScoringService:
         self.started = time.time()
 
     def _prepare(self, data: bytes, name: str) -> np.ndarray:
-        return self.scorer.preprocess(data, name, max_pixels=self.config.max_pixels)  # (3, H, W)
+        # As Scorer.preprocess, but reserving decode memory from the service's own budget.
+        scorer = self.scorer
+        return load_input(
+            data,
+            scorer.preprocessing,
+            name=name,
+            max_pixels=self.config.max_pixels,
+            fidelity=scorer.fidelity,
+            budget=self.decode_budget,
+        )  # (3, H, W)
 
     async def score(self, uploads: List[Tuple[str, bytes]]) -> List[ScoreResult]:
         loop = asyncio.get_running_loop()
@@ -293,7 +257,7 @@ class ScoringService:
     def describe_model(self) -> Dict[str, Any]:
         scorer = self.scorer
         return {
-            "name": scorer.name,
+            "name": self.model_name,
             "architecture": scorer.architecture.to_dict(),
             "preprocessing": scorer.preprocessing.to_dict(),
             "runtime": self.runtime_name,
@@ -310,6 +274,7 @@ class ScoringService:
             "request_timeout_s": c.request_timeout_s,
             "batch_window_ms": c.batch_window_ms,
             "max_batch": c.max_batch,
+            "decode_budget_bytes": c.decode_budget_bytes,
         }
 
     async def close(self) -> None:
@@ -378,6 +343,8 @@ def create_app(
     batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
     max_batch: Optional[int] = None,
     workers: Optional[int] = None,
+    max_active_requests: int = DEFAULT_MAX_ACTIVE_REQUESTS,
+    decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
 ):
     """Build the FastAPI app serving ``scorer``.
 
@@ -391,6 +358,8 @@ def create_app(
         batch_window_ms: how long a request waits for concurrent ones to share a model call.
         max_batch: most images per model call (default: the scorer's batch size).
         workers: decoding threads (default: the scorer's).
+        max_active_requests: requests handled at once; 503 (``busy``) above it.
+        decode_budget_bytes: decode memory shared by all requests' decoding threads.
     """
     config = ServiceConfig(
         max_upload_bytes=max_upload_bytes,
@@ -400,8 +369,11 @@ def create_app(
         batch_window_ms=batch_window_ms,
         max_batch=max_batch or scorer.batch_size,
         workers=workers or scorer.workers,
+        decode_budget_bytes=decode_budget_bytes,
     )
     config.check()
+    if max_active_requests < 1:
+        raise ConfigError(f"max_active_requests must be at least 1, got {max_active_requests}")
     service = ScoringService(scorer, config)
     page = resources.files("beholder").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -421,12 +393,14 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes)
+    app.add_middleware(ActiveRequestLimitMiddleware, max_active=max_active_requests)  # the outer one
 
     error_responses = {
         status: {"model": ErrorBody, "description": text}
         for status, text in {
             408: "the upload did not complete within the request timeout",
             413: "request body or file count over the limit",
+            503: "too many requests in progress (retry after the Retry-After seconds)",
             415: "no file was an image",
             422: "no file could be scored (empty, corrupt, truncated, too many pixels), or a non-file field",
             504: "scoring did not complete within the request timeout",
@@ -435,7 +409,7 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -499,6 +473,9 @@ def create_app(
             ) from None
         except (ApiError, asyncio.CancelledError):
             raise
+        except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed
+            log.debug("client disconnected during the upload")
+            raise ApiError(400, "client_disconnected", "the client disconnected during the upload") from None
         except Exception as exc:  # a runtime failure: answer JSON naming it, keep serving
             log.exception("scoring failed")
             raise ApiError(500, "internal_error", f"scoring failed: {type(exc).__name__}: {exc}") from exc
@@ -539,7 +516,7 @@ def create_app(
         stats = service.batcher.stats
         return {
             "status": "ok",
-            "model": service.scorer.name,
+            "model": service.model_name,
             "runtime": service.runtime_name,
             "uptime_s": round(time.time() - service.started, 1),
             "model_calls": stats.calls,

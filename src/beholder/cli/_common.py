@@ -35,6 +35,12 @@ def add_model_arguments(
     parser.add_argument(
         "--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)"
     )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load an old-format --checkpoint with full unpickling. DANGEROUS: this runs any code "
+        "the file holds; only for checkpoints you wrote yourself",
+    )
     if runtime is not None:
         parser.add_argument(
             "--runtime",
@@ -56,6 +62,7 @@ def scorer_from_args(args: argparse.Namespace, **kwargs: Any):
     from beholder.errors import ConfigError
     from beholder.inference import Scorer
 
+    check_device(args.device)
     options = {"device": args.device, "runtime": getattr(args, "runtime", "torch"), **kwargs}
     if getattr(args, "onnx", None):
         if args.weights:
@@ -64,5 +71,35 @@ def scorer_from_args(args: argparse.Namespace, **kwargs: Any):
     if args.checkpoint:
         if args.weights:
             raise ConfigError("--weights applies to --model, not to --checkpoint")
+        if args.trust_checkpoint:
+            from beholder.models import load_checkpoint
+
+            model, _ = load_checkpoint(args.checkpoint, trust=True)
+            return Scorer(model, name=str(args.checkpoint), **options)
         return Scorer.from_checkpoint(args.checkpoint, **options)
     return Scorer.from_pretrained(args.model or DEFAULT_MODEL, weights=args.weights, **options)
+
+
+def check_device(device: Optional[str]) -> None:
+    """A ConfigError (one line, exit 2) for a device that is not a torch device or not present."""
+    if device is None:
+        return
+    import torch
+
+    from beholder.errors import ConfigError
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"--device {device}: Apple's MPS is not available on this machine; use --device cpu"
+        )

@@ -167,6 +167,18 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return EXIT_USAGE
 
 
+def check_url(url: str, what: str) -> None:
+    """A ConfigError for a URL that cannot even be parsed (``[::1``, port 99999)."""
+    import urllib.parse
+
+    from beholder.errors import ConfigError
+
+    try:
+        urllib.parse.urlsplit(url.replace("{id}", "0")).port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ConfigError(f"{what} {url!r} is not a valid URL: {exc}") from None
+
+
 def run_download(args: argparse.Namespace) -> int:
     from beholder.data.ava import read_image_list
     from beholder.data.download import FAILURES_FILE, download
@@ -174,6 +186,8 @@ def run_download(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.max_failed_fraction <= 1.0:
         raise ConfigError(f"--max-failed-fraction must be in 0..1, got {args.max_failed_fraction}")
+    if args.url_template is not None:
+        check_url(args.url_template, "--url-template")
     ids = read_image_list(args.ids) if args.ids else None
     summary = download(
         args.ava_txt,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any, Optional
 
-from beholder.cli._common import add_model_arguments, scorer_from_args
+from beholder.cli._common import add_model_arguments, check_device, scorer_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         data_label=data_label,
         tail_thresholds=tails,
-        provenance=checkpoint_provenance(args.checkpoint) if args.checkpoint else None,
+        provenance=checkpoint_provenance(args.checkpoint, args.trust_checkpoint) if args.checkpoint else None,
     )
     if metrics["n_failed"]:
         print(
@@ -98,36 +98,11 @@ def run(args: argparse.Namespace) -> int:
     return 1 if metrics["n_failed"] else 0
 
 
-def check_device(device: Optional[str]) -> None:
-    """A ConfigError (one line, exit 2) for a device that is not a torch device or not present."""
-    if device is None:
-        return
-    import torch
-
-    from beholder.errors import ConfigError
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from exc
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(
-            f"--device {device}: Apple's MPS is not available on this machine; use --device cpu"
-        )
-
-
-def checkpoint_provenance(path: str) -> Optional[dict[str, Any]]:
+def checkpoint_provenance(path: str, trust: bool = False) -> Optional[dict[str, Any]]:
     """A checkpoint's ``provenance`` (where its weights came from, what it was fine-tuned from)."""
     from beholder.models.checkpoint import read_checkpoint
 
-    payload = read_checkpoint(path)
+    payload = read_checkpoint(path, trust=trust)
     provenance = dict(payload.get("provenance") or {})
     if payload.get("init") and "init" not in provenance:  # a fine-tuned model's starting point
         provenance["init"] = payload["init"]

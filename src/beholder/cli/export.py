@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         if args.weights:
             raise ConfigError("--weights applies to --model, not to --checkpoint")
-        model, payload = load_checkpoint(args.checkpoint)
+        model, payload = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
         name = str(args.checkpoint)
         provenance = {**payload.get("provenance", {}), "checkpoint_sha256": sha256_file(args.checkpoint)}
     else:

@@ -53,8 +53,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--limit-concurrency",
         type=int,
-        default=256,
-        help="open connections before uvicorn answers 503 (default %(default)s)",
+        default=None,
+        help="open connections, idle ones included, before uvicorn answers 503 (default 1024)",
+    )
+    parser.add_argument(
+        "--max-active-requests",
+        type=int,
+        default=None,
+        help="requests handled at once (uploads, decoding, model) before a JSON 503 (default 32)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        help="seconds a connection may take to send a complete request head before it is closed (default 10)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -66,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from beholder.errors import ConfigError
 
     try:
-        import uvicorn
-
+        from beholder import serve_http
         from beholder.serve import create_app
     except ImportError as exc:
         raise ConfigError(f"serving needs the 'serve' extra ({exc}): pip install 'beholder[serve]'") from exc
@@ -84,7 +95,14 @@ def run(args: argparse.Namespace) -> int:
     options = {key: value for key, value in limits.items() if value is not None}
     if args.max_pixels == 0:
         options["max_pixels"] = None
-    app = create_app(scorer, max_batch=args.batch_size, **options)
+    max_connections = _positive(
+        args.limit_concurrency, "--limit-concurrency", serve_http.DEFAULT_MAX_CONNECTIONS
+    )
+    active = _positive(
+        args.max_active_requests, "--max-active-requests", serve_http.DEFAULT_MAX_ACTIVE_REQUESTS
+    )
+    header_timeout = _positive(args.header_timeout, "--header-timeout", serve_http.DEFAULT_HEADER_TIMEOUT_S)
+    app = create_app(scorer, max_batch=args.batch_size, max_active_requests=active, **options)
     runtime = app.state.service.runtime_name
     print(
         f"beholder serve: model {scorer.name}, runtime {runtime}, on http://{args.host}:{args.port}/ "
@@ -92,12 +110,37 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
+    _allow_open_files(max_connections)
+    server = serve_http.make_server(
         app,
         host=args.host,
         port=args.port,
+        header_timeout_s=header_timeout,
+        max_connections=max_connections,
         log_level=args.log_level,
-        limit_concurrency=args.limit_concurrency,
-        timeout_keep_alive=5,
     )
+    server.run()
     return 0
+
+
+def _positive(value, flag: str, default):
+    from beholder.errors import ConfigError
+
+    if value is None:
+        return default
+    if value <= 0:
+        raise ConfigError(f"{flag} must be positive, got {value}")
+    return value
+
+
+def _allow_open_files(connections: int) -> None:
+    """Raise the soft open-file limit towards the hard one, so that ``connections`` sockets fit."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256  # model files, thread pools, the listening socket
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

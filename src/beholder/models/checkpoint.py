@@ -17,10 +17,15 @@ anything else, so a crafted file cannot run code in any load path.
 A checkpoint is written atomically through :func:`beholder.files.atomic_write` (mode from the
 umask, 0644 typically); a failed write (a full disk, say) leaves the previous file intact and
 raises :class:`CheckpointWriteError`.
+
+Checkpoints written before that (with NumPy RNG states and other pickled objects) are refused.
+``trust=True`` (``--trust-checkpoint`` on the command line) loads them with full unpickling, which
+runs whatever code the file holds: only for files you wrote yourself.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -32,6 +37,8 @@ from beholder.errors import ConfigError
 from beholder.files import PathLike, atomic_write
 from beholder.models.nima import NIMA, Architecture, build_nima
 from beholder.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "beholder-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -118,11 +125,33 @@ def _write_failure(exc: OSError) -> str:
     return os.strerror(exc.errno).lower() if exc.errno else str(exc)
 
 
-def read_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict (on CPU), checking that it is one of ours."""
+def read_checkpoint(path: PathLike, *, trust: bool = False) -> dict[str, Any]:
+    """Load a checkpoint dict (on CPU), checking that it is one of ours.
+
+    ``trust=True`` unpickles anything (old-format checkpoints), which can run code: see the module.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
+    payload = _load_trusted(path) if trust else _load_data_only(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a Beholder checkpoint (no 'format: {CHECKPOINT_FORMAT}' entry)")
+    return payload
+
+
+def _load_trusted(path: Path) -> Any:
+    log.warning(
+        "%s: loading with full unpickling (--trust-checkpoint): this runs any code the file holds; "
+        "do this only for checkpoints you wrote yourself",
+        path,
+    )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_data_only(path: Path) -> Any:
     try:
         # weights_only=True: unpickling only tensors and plain data, so a crafted file runs no code.
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -133,26 +162,47 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
             raise ConfigError(f"{path}: not a readable checkpoint (damaged or not a torch file)") from exc
         raise ConfigError(
             f"{path}: refused: it holds Python objects other than tensors and plain data, which could "
-            "run code when loaded (Beholder checkpoints never do)"
+            "run code when loaded (Beholder checkpoints never do). If you wrote it yourself with an "
+            "older Beholder, --trust-checkpoint loads it anyway (this runs any code it holds)"
         ) from exc
     except Exception as exc:  # torch raises many types for a damaged file
         raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a Beholder checkpoint (no 'format: {CHECKPOINT_FORMAT}' entry)")
     return payload
 
 
-def load_checkpoint(path: PathLike) -> tuple[NIMA, dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict)."""
-    payload = read_checkpoint(path)
-    return model_from_payload(payload).eval(), payload
+def load_checkpoint(path: PathLike, *, trust: bool = False) -> tuple[NIMA, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict).
+
+    ``trust``: load an old-format checkpoint with full unpickling (see :func:`read_checkpoint`).
+    """
+    payload = read_checkpoint(path, trust=trust)
+    return model_from_payload(payload, path).eval(), payload
 
 
-def model_from_payload(payload: dict[str, Any]) -> NIMA:
-    """The model a checkpoint dict describes, with its weights (in training mode, as built)."""
-    model = build_nima(
-        Architecture.from_dict(payload["architecture"]),
-        preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
-    )
-    model.load_state_dict(payload["model"])
+def model_from_payload(payload: dict[str, Any], path: PathLike | None = None) -> NIMA:
+    """The model a checkpoint dict describes, with its weights (in training mode, as built).
+
+    Raises ConfigError naming ``path`` when the description is damaged or the weights do not fit it.
+    """
+    where = f"checkpoint {path}" if path is not None else "the checkpoint"
+    try:
+        model = build_nima(
+            Architecture.from_dict(payload["architecture"]),
+            preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{where} has a damaged model description: {_reason(exc)}") from exc
+    try:
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        raise ConfigError(f"{where} does not match the architecture it declares: {_reason(exc)}") from exc
     return model
+
+
+def _reason(exc: Exception) -> str:
+    """One line about ``exc``: torch's state-dict errors span many lines, one per tensor."""
+    if isinstance(exc, KeyError):
+        return f"missing entry {exc}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines[:4]) + (f"; ... ({len(lines) - 4} more)" if len(lines) > 4 else "")
+    return text[:600]
