@@ -3,7 +3,8 @@
 A registered model may ship its weights inside the package (``ModelSpec.packaged``, a
 safetensors file under ``beholder/resources``): :func:`load_packaged_state_dict` verifies that file
 against its pinned sha256 and reads it, with no network and no cache. ``create_model`` uses it
-first for such a model, unless the user passes ``--weights FILE``.
+first for such a model, unless the user passes ``--weights FILE``. Other packaged files (the
+default model's ONNX export) are checked with :func:`verify_packaged_file`, once per process.
 
 Resolution order for a registered file that is not packaged (see :func:`resolve_weights`):
 
