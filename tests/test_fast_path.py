@@ -20,11 +20,27 @@ onnx = pytest.importorskip("onnx")
 from beholder.cli import main  # noqa: E402
 from beholder.errors import ConfigError  # noqa: E402
 from beholder.inference import Scorer  # noqa: E402
+from beholder.models.registry import ModelSpec  # noqa: E402
 from beholder.onnx_cache import OnnxCache  # noqa: E402
 from conftest import IDEALO_KERAS_MEANS, asset  # noqa: E402
 
 HEAVY = ("torch", "torchvision", "onnx", "openvino", "h5py", "scipy")
 SRC = Path(__file__).resolve().parents[1] / "src"
+#: This module tests the export cache, which the default model's packaged ONNX file would bypass
+#: (tests/test_packaged_onnx.py tests that file): here the registry offers none.
+NO_PACKAGED_ONNX = (
+    "from beholder.models.registry import ModelSpec\n"
+    "ModelSpec.verified_packaged_onnx = lambda self: None\n"
+)
+
+
+def _no_packaged_onnx(self: ModelSpec) -> None:
+    return None
+
+
+@pytest.fixture(autouse=True)
+def no_packaged_onnx(monkeypatch) -> None:
+    monkeypatch.setattr(ModelSpec, "verified_packaged_onnx", _no_packaged_onnx)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +49,7 @@ def idealo_cache(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("fast-path-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BEHOLDER_ONNX_CACHE", str(folder))
+        patch.setattr(ModelSpec, "verified_packaged_onnx", _no_packaged_onnx)
         scorer = Scorer.from_pretrained(runtime="onnx")
     assert scorer.runtime_name == "onnx"
     assert len(list(folder.glob("*.onnx"))) == 1
@@ -57,6 +74,7 @@ def run_score(image: Path, cache: Path, *extra: str) -> dict:
     """`beholder score --format json IMAGE` in a fresh interpreter: its output and its imported modules."""
     code = (
         "import json, sys\n"
+        f"{NO_PACKAGED_ONNX}"
         "from beholder.cli import main\n"
         f"code = main(['score', '--format', 'json', '--no-progress', *{list(extra)!r}, {str(image)!r}])\n"
         f"print(json.dumps({{'code': code, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"

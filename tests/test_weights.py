@@ -123,9 +123,13 @@ def test_explicit_file_comes_first_and_must_exist(tmp_path: Path) -> None:
 def test_offline_score_exits_2_with_instructions(monkeypatch, tmp_path: Path, capsys) -> None:
     spec = registry.MODELS[registry.DEFAULT_MODEL]
     # Port 9 (discard) on loopback refuses connections: the same failure as having no network.
-    # A model without packaged weights (the default model ships its own; others download theirs).
+    # A model without packaged weights or ONNX file (the default model ships its own; others
+    # download theirs).
     offline = dataclasses.replace(
-        spec, packaged=None, weights=dataclasses.replace(spec.weights, url="http://127.0.0.1:9/w.hdf5")
+        spec,
+        packaged=None,
+        packaged_onnx=None,
+        weights=dataclasses.replace(spec.weights, url="http://127.0.0.1:9/w.hdf5"),
     )
     monkeypatch.setitem(registry.MODELS, registry.DEFAULT_MODEL, offline)
     monkeypatch.delenv("BEHOLDER_WEIGHTS_PATH", raising=False)

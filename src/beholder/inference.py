@@ -11,7 +11,9 @@ The :class:`Scorer` decodes and preprocesses images on a thread pool
 batch. Inputs that fail to load get a per-item error; the rest are still scored, in input order.
 
 With ONNX Runtime, scoring a registered model or a checkpoint whose export is cached imports no
-torch at all: the cache is keyed by the weights file's hash (see :mod:`beholder.onnx_cache`).
+torch at all: the cache is keyed by the weights file's hash (see :mod:`beholder.onnx_cache`). A
+registered model that ships its ONNX file in the package (the default one does) needs no export
+even on the first run: :func:`_cached_engine` loads that file once it matches its pinned sha256.
 """
 
 from __future__ import annotations
@@ -219,8 +221,9 @@ class Scorer:
     ) -> Scorer:
         """A scorer for a registered model (see ``beholder models``); downloads weights if needed.
 
-        With an ONNX runtime ('onnx', 'openvino', or 'auto' on a CPU) the model is exported once
-        into the ONNX cache; later scorers load that file without importing torch.
+        With an ONNX runtime ('onnx', 'openvino', or 'auto' on a CPU) the model's packaged ONNX file
+        is loaded when it has one and no ``weights`` are given; otherwise the model is exported once
+        into the ONNX cache, and later scorers load that file. Either way, without importing torch.
         """
         from beholder.models.registry import get_model_spec
 
@@ -239,8 +242,17 @@ class Scorer:
                 "preprocessing": spec.preprocessing.to_dict(),
             }
 
-        provenance = {"weights": spec.weights.to_dict(), "trained_on": spec.trained_on}
-        return cls._build(name, build, identity, provenance, runtime=runtime, device=device, **kwargs)
+        packaged = spec.verified_packaged_onnx if weights is None else None
+        return cls._build(
+            name,
+            build,
+            identity,
+            spec.export_provenance(),
+            runtime=runtime,
+            device=device,
+            packaged_onnx=packaged,
+            **kwargs,
+        )
 
     @classmethod
     def from_checkpoint(
@@ -294,13 +306,21 @@ class Scorer:
         *,
         runtime: str,
         device: Optional[str],
+        packaged_onnx: Optional[Callable[[], Optional[Path]]] = None,
         **kwargs: Any,
     ) -> Scorer:
         resolved = resolve_runtime_name(runtime, device)
         check_available(resolved, runtime)
         if resolved in ONNX_RUNTIMES:
             engine = _cached_engine(
-                resolved, build, identity, name, provenance, device, auto=runtime == "auto"
+                resolved,
+                build,
+                identity,
+                name,
+                provenance,
+                device,
+                auto=runtime == "auto",
+                packaged_onnx=packaged_onnx,
             )
             if engine is not None:
                 return cls(engine=engine, name=name, **kwargs)
@@ -390,14 +410,23 @@ def _cached_engine(
     device: Optional[str],
     *,
     auto: bool,
+    packaged_onnx: Optional[Callable[[], Optional[Path]]] = None,
 ) -> Optional[Any]:
-    """The ONNX runtime on the cached export of the model ``build`` makes; exported on a miss.
+    """The ONNX runtime on the model's ONNX file: the packaged one, else the cached export of the
+    model ``build`` makes, exported on a miss.
 
+    ``packaged_onnx`` gives the packaged file once it matches its pinned sha256, or None (no such
+    file, or a damaged one, which it reports): then the export cache is used as for any model.
     None when ``auto`` and nothing is cached and this installation cannot export (no onnx package).
     """
     from beholder.onnx_cache import OnnxCache, source_key
     from beholder.runtimes import exporter_available
 
+    packaged = packaged_onnx() if packaged_onnx is not None else None
+    if packaged is not None:
+        log.debug("using the packaged ONNX file %s", packaged)
+        # Not probed: the file is the one pinned in the registry, and its hash was just checked.
+        return ONNX_RUNTIMES[runtime].from_file(packaged, device, verify=False)
     cache = OnnxCache()
     key = source_key(**identity(), opset=DEFAULT_OPSET, output="probabilities")
     path = cache.lookup(key)

@@ -3,7 +3,8 @@
 A registered model may ship its weights inside the package (``ModelSpec.packaged``, a
 safetensors file under ``beholder/resources``): :func:`load_packaged_state_dict` verifies that file
 against its pinned sha256 and reads it, with no network and no cache. ``create_model`` uses it
-first for such a model, unless the user passes ``--weights FILE``.
+first for such a model, unless the user passes ``--weights FILE``. Other packaged files (the
+default model's ONNX export) are checked with :func:`verify_packaged_file`, once per process.
 
 Resolution order for a registered file that is not packaged (see :func:`resolve_weights`):
 
@@ -51,8 +52,8 @@ class WeightsSpec:
     filename: str
     url: Optional[str]
     sha256: Optional[str]
-    # "keras_h5" (Keras legacy weights), "torch" (a Beholder checkpoint) or "safetensors" (a
-    # packaged state_dict, see load_packaged_state_dict)
+    # "keras_h5" (Keras legacy weights), "torch" (a Beholder checkpoint), "safetensors" (a
+    # packaged state_dict, see load_packaged_state_dict) or "onnx" (a packaged ONNX export)
     format: str
     license: str
     source: str  # where the file was published, for people
@@ -119,6 +120,40 @@ def _how_to_get(spec: WeightsSpec) -> str:
 def packaged_path(filename: str) -> Path:
     """Where a packaged weights file lives: ``beholder/resources/<filename>`` inside the package."""
     return Path(__file__).resolve().parent / "resources" / filename
+
+
+#: Packaged files already hashed in this process: (path, size, mtime, expected sha256) -> matched.
+_PACKAGED_CHECKS: Dict[tuple, bool] = {}
+
+
+def verify_packaged_file(spec: WeightsSpec, path: Union[str, Path]) -> bool:
+    """Whether the packaged file at ``path`` matches ``spec``'s pinned sha256; hashed once per process.
+
+    A file that does not match is logged as a warning (once) naming the file: the installation is
+    damaged, and the caller falls back to a slower way rather than use it. Torch-free.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        log.warning("packaged file %s cannot be read (%s)", path, exc)
+        return False
+    # Keyed by size and mtime too, so that a file replaced under a running process is hashed again.
+    key = (str(path), stat.st_size, stat.st_mtime_ns, spec.sha256)
+    matched = _PACKAGED_CHECKS.get(key)
+    if matched is None:
+        actual = sha256_file(path)
+        matched = spec.sha256 is None or actual == spec.sha256
+        if not matched:
+            log.warning(
+                "packaged file %s: sha256 %s does not match the expected %s: the installation is "
+                "damaged (reinstall beholder); not using it",
+                path,
+                actual,
+                spec.sha256,
+            )
+        _PACKAGED_CHECKS[key] = matched
+    return matched
 
 
 def load_packaged_state_dict(

@@ -3,25 +3,30 @@
 A :class:`ModelSpec` says what to build (architecture), which weights to load (file name, URL,
 sha256, licence, provenance) and how to preprocess images for it. ``beholder models`` prints them.
 A model may also ship its weights inside the package (``packaged``): then it scores offline from
-the first run, and ``weights`` stays as the provenance of the original file.
+the first run, and ``weights`` stays as the provenance of the original file. It may also ship
+that model's ONNX export (``packaged_onnx``): then the ONNX runtimes load it as it is, with no
+export and no torch, from the very first run (see ``beholder.inference``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from beholder.defaults import DEFAULT_MODEL
 from beholder.errors import ConfigError
 from beholder.models.architecture import KERAS_MOBILENET, Architecture
 from beholder.preprocessing import Preprocessing
-from beholder.weights import WeightsSpec, packaged_path
+from beholder.weights import WeightsSpec, packaged_path, verify_packaged_file
 
 IDEALO_COMMIT = "dceaf7c2d218bc6e80b21d6e147e3b56a21b7f31"
 #: sha256 of src/beholder/resources/nima_mobilenet_idealo.safetensors, as written by
 #: scripts/convert_idealo_weights.py (deterministic: rerunning it reproduces this).
 PACKAGED_SHA256 = "1de4e39a8862ce3b6dbfc866f049581a45c2722bc05469ef086630868530f476"
+#: sha256 of src/beholder/resources/nima_mobilenet_idealo.onnx, as written by
+#: scripts/make_packaged_onnx.py from the safetensors file above.
+PACKAGED_ONNX_SHA256 = "b65eac30030f630a881390cfb9199bfb4da09633862349e88f3c51e45a0c95fe"
 KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet"
 
 
@@ -38,14 +43,41 @@ class ModelSpec:
     #: Weights shipped inside the package (a safetensors ``state_dict`` under beholder/resources,
     #: converted from ``weights`` by a script in the repository), loaded before any download.
     packaged: Optional[WeightsSpec] = None
+    #: The model's ONNX export shipped inside the package (exported from ``packaged`` by a script
+    #: in the repository, with the same metadata as any export), run as it is by the ONNX runtimes.
+    packaged_onnx: Optional[WeightsSpec] = None
 
     @property
     def packaged_file(self) -> Optional[Path]:
         """The packaged weights file's path when this model has one and it is installed, else None."""
-        if self.packaged is None:
+        return _installed(self.packaged)
+
+    @property
+    def packaged_onnx_file(self) -> Optional[Path]:
+        """The packaged ONNX file's path when this model has one and it is installed, else None.
+
+        Not verified: :meth:`verified_packaged_onnx` checks it against its pinned sha256.
+        """
+        return _installed(self.packaged_onnx)
+
+    def verified_packaged_onnx(self) -> Optional[Path]:
+        """The packaged ONNX file if it is installed and matches its pinned sha256 (hashed once per
+        process), else None; a file that does not match is logged as a warning, never used."""
+        path = self.packaged_onnx_file
+        if path is None or self.packaged_onnx is None:
             return None
-        path = packaged_path(self.packaged.filename)
-        return path if path.is_file() else None
+        return path if verify_packaged_file(self.packaged_onnx, path) else None
+
+    def export_provenance(self) -> dict[str, Any]:
+        """What an ONNX export of this model records as its weights' provenance."""
+        return {"weights": self.weights.to_dict(), "trained_on": self.trained_on}
+
+
+def _installed(spec: Optional[WeightsSpec]) -> Optional[Path]:
+    if spec is None:
+        return None
+    path = packaged_path(spec.filename)
+    return path if path.is_file() else None
 
 
 MODELS: Dict[str, ModelSpec] = {}
@@ -109,6 +141,17 @@ register_model(
             source=(
                 "converted from weights_mobilenet_aesthetic_0.07.hdf5 (sha256 e563ad91…a91cb2) by "
                 "scripts/convert_idealo_weights.py (float32)"
+            ),
+        ),
+        packaged_onnx=WeightsSpec(
+            filename="nima_mobilenet_idealo.onnx",
+            url=None,
+            sha256=PACKAGED_ONNX_SHA256,
+            format="onnx",
+            license="Apache-2.0",
+            source=(
+                "exported from nima_mobilenet_idealo.safetensors (sha256 1de4e39a…30f476) by "
+                "scripts/make_packaged_onnx.py (probabilities output)"
             ),
         ),
     )
