@@ -388,7 +388,8 @@ def test_concurrent_requests_are_micro_batched_and_fanned_back(scorer):
         scorer.runtime = real
     assert all(r.status_code == 200 for r in responses)
     assert sum(batch_sizes) == 8
-    assert len(batch_sizes) == 2, batch_sizes  # the held call, then all seven others together
+    # One call when all eight arrived before the first; else the held call, then the rest together.
+    assert len(batch_sizes) <= 2, batch_sizes
     for response in responses:
         (item,) = response.json()
         assert item["mean"] == pytest.approx(alone[item["path"]].mean, abs=1e-4)  # each got its own result
