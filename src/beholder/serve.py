@@ -35,7 +35,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -51,6 +50,7 @@ from beholder import __version__
 from beholder.errors import ConfigError
 from beholder.imageio import DecodeBudget
 from beholder.inference import NOT_FINITE, Scorer, ScoreResult, collect, fill_scores, rank
+from beholder.pages import page_text
 from beholder.preprocessing import load_input
 from beholder.serve_http import (
     DEFAULT_MAX_ACTIVE_REQUESTS,
@@ -375,7 +375,7 @@ def create_app(
     if max_active_requests < 1:
         raise ConfigError(f"max_active_requests must be at least 1, got {max_active_requests}")
     service = ScoringService(scorer, config)
-    page = resources.files("beholder").joinpath("static/index.html").read_text(encoding="utf-8")
+    page = page_text("static", "index.html")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -12,12 +12,12 @@ import csv
 import html
 import io
 import logging
-from importlib import resources
 from pathlib import Path
 from string import Template
 
 from beholder.cull.run import CulledPhoto, CullResult
 from beholder.files import PathLike, atomic_write_bytes, atomic_write_text, write_json
+from beholder.pages import page_text
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ CSV_COLUMNS = [
 
 
 def _template() -> Template:
-    text = resources.files("beholder").joinpath("cull", "report.html").read_text(encoding="utf-8")
+    text = page_text("cull", "report.html")
     return Template(text)
 
 
