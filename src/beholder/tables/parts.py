@@ -172,6 +172,7 @@ class PartStore:
         errors = table.num_rows - table.column("error").null_count
         self.done[index] = {"rows": table.num_rows, "errors": errors}
         self._save()
+        log.info("committed part %d: rows %d to %d, %d errors", index, start, stop - 1, errors)
 
     def read(self, index: int, columns: Optional[list[str]] = None) -> pa.Table:
         return pq.read_table(self.folder / part_name(index), columns=columns)

@@ -62,14 +62,11 @@ class ScoreActor:
 
 
 def _read(ray: Any, path: Path, fmt: str) -> Any:
-    # Reading is light next to scoring: read tasks take no CPU slot, so that scoring actors holding
-    # every CPU can never starve the read that feeds them.
-    remote = {"num_cpus": 0}
     if fmt == "parquet":
-        return ray.data.read_parquet(str(path), ray_remote_args=remote)
+        return ray.data.read_parquet(str(path))
     if fmt == "csv":
-        return ray.data.read_csv(str(path), convert_options=csv_text_options(path), ray_remote_args=remote)
-    return ray.data.read_json(str(path), ray_remote_args=remote)
+        return ray.data.read_csv(str(path), convert_options=csv_text_options(path))
+    return ray.data.read_json(str(path))
 
 
 def _commit_in_order(batches: Iterable[pa.Table], store: PartStore, bar: Any) -> int:
@@ -139,7 +136,9 @@ def run_ray(
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False  # one bar, ours, counting committed rows
         done = [store.part_range(index) for index in sorted(store.done)]
         dataset = (
             _read(ray, path, fmt)
@@ -148,7 +147,7 @@ def run_ray(
                 fn_constructor_kwargs={"done": done},
                 batch_format="pyarrow",
                 batch_size=None,
-                concurrency=1,
+                compute=ray.data.ActorPoolStrategy(size=1),
                 num_cpus=0,
             )
             .map_batches(
@@ -161,7 +160,9 @@ def run_ray(
                 },
                 batch_format="pyarrow",
                 batch_size=max(8, 4 * spec.batch_size),
-                concurrency=actors,
+                # Grows from one actor as CPUs free up: a fixed pool holding every CPU from the
+                # start would starve the tasks that list and read the input.
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
                 num_cpus=1,
             )
         )
