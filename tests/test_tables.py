@@ -25,6 +25,12 @@ from conftest import make_photo
 pytest.importorskip("pyarrow")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SIZE = (64, 48)  # tiny images keep thousands of rows fast on two cores
+# One torch thread: on a loaded two-core machine, two threads per process run the tiny model 10x slower.
+ENV = {
+    **os.environ,
+    "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    "OMP_NUM_THREADS": "1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +95,12 @@ def photos(folder: Path, count: int, start: int = 0) -> list[Path]:
 
 def score_cli(*args: str, check_rc=(0, 1)) -> tuple[int, dict]:
     """Run ``python -m beholder score`` as a process; (exit code, the JSON summary it prints)."""
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(
-        [sys.executable, "-m", "beholder", "score", *args], capture_output=True, text=True, env=env, timeout=900
+        [sys.executable, "-m", "beholder", "score", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
     )
     assert done.returncode in check_rc, done.stderr
     lines = done.stdout.strip().splitlines()
@@ -99,9 +108,19 @@ def score_cli(*args: str, check_rc=(0, 1)) -> tuple[int, dict]:
 
 
 def same_scores(a: pa.Table, b: pa.Table, atol: float) -> None:
+    """Same columns and rows; scores within ``atol``. The percentile is checked through the mean it
+    comes from (it is a steep function of it: 1e-7 in the mean can be 5e-5 in the percentile)."""
+    from beholder.percentiles import percentile
+
     assert a.column_names == b.column_names
     for name in a.column_names:
-        if name in SCORE_COLUMNS and name != "error":
+        if name == "percentile":
+            for table in (a, b):
+                mean = table.column("mean").to_numpy(zero_copy_only=False)
+                expected = np.where(np.isnan(mean), np.nan, percentile(np.nan_to_num(mean)))
+                np.testing.assert_allclose(table.column(name).to_numpy(zero_copy_only=False), expected,
+                                           rtol=0, atol=1e-9, equal_nan=True)  # fmt: skip
+        elif name in SCORE_COLUMNS and name != "error":
             np.testing.assert_allclose(
                 a.column(name).to_numpy(zero_copy_only=False),
                 b.column(name).to_numpy(zero_copy_only=False),
@@ -164,13 +183,12 @@ def test_killed_run_resumes_with_every_row_once_and_the_scores_of_a_straight_run
         assert rc == 1 and straight_summary["rows"] == 3000 and straight_summary["scored"] == 3000
 
         out = tmp_path / "resumed.parquet"
-        env = {**os.environ, "PYTHONPATH": SRC}
         killed = subprocess.Popen(
             [sys.executable, "-m", "beholder", "-v", "score", *options, "--out", str(out)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=ENV,
         )
         # Wait for the event itself: the log line written right after a part is committed.
         for line in killed.stderr:
@@ -202,7 +220,7 @@ def test_killed_run_resumes_with_every_row_once_and_the_scores_of_a_straight_run
     means = resumed.column("mean").to_numpy(zero_copy_only=False)
     bad = {row for rows in kinds.values() for row in rows} - set(kinds["url_ok"])
     assert {i for i, e in enumerate(errors) if e is not None} == bad
-    assert summary["errors"] == len(bad) == 128
+    assert summary["errors"] == len(bad) == 50 + 50 + 8
     assert all(errors[i] == "file not found" for i in kinds["missing"])
     assert all(errors[i].startswith("not_found") for i in kinds["url_404"])
     assert all(errors[i].startswith("incomplete_body") for i in kinds["url_cut"])
@@ -273,7 +291,9 @@ def test_csv_and_jsonl_round_trip_keep_every_column_and_resolve_paths_from_the_t
     assert csv_out.column_names == ["path", "code", "note", *SCORE_COLUMNS]
     assert [str(v).zfill(3) for v in csv_out.column("code").to_pylist()] == [f"00{i}" for i in range(6)]
     # The CSV's own text comes back unchanged: read back as text, "001" is still "001".
-    text = pa_csv.read_csv("out.csv", convert_options=pa_csv.ConvertOptions(column_types={"code": pa.string()}))
+    text = pa_csv.read_csv(
+        "out.csv", convert_options=pa_csv.ConvertOptions(column_types={"code": pa.string()})
+    )
     assert text.column("code").to_pylist() == [f"00{i}" for i in range(6)]
     assert text.column("note").to_pylist() == [f"a, b {i}" for i in range(6)]
 
@@ -287,7 +307,9 @@ def test_csv_and_jsonl_round_trip_keep_every_column_and_resolve_paths_from_the_t
     assert [r["error"] is None for r in rows] == [True, True, True, True, False, False]
     assert "unsupported URL scheme 'file'" in rows[4]["error"]
     assert rows[5]["error"] == "no image path in this row"
-    assert 0 <= rows[0]["percentile"] <= 100 and sum(rows[0][f"p{i}"] for i in range(1, 11)) == pytest.approx(1)
+    assert 0 <= rows[0]["percentile"] <= 100 and sum(rows[0][f"p{i}"] for i in range(1, 11)) == pytest.approx(
+        1
+    )
 
 
 # -- Must show 4: groups -----------------------------------------------------------------------------
@@ -298,7 +320,9 @@ def test_top_1_per_group_keeps_each_groups_best_row(tmp_path, tiny_checkpoint, c
     paths = [str(p) for p in images]
     for group in range(0, 100, 10):  # a tie in every tenth group: the earlier row must win it
         paths[group * 5 + 3] = paths[group * 5 + 1]
-    table = pa.table({"listing": [f"L{i // 5:03d}" for i in range(500)], "path": paths, "n": list(range(500))})
+    table = pa.table(
+        {"listing": [f"L{i // 5:03d}" for i in range(500)], "path": paths, "n": list(range(500))}
+    )
     pq.write_table(table, tmp_path / "in.parquet")
     common = ["--table", str(tmp_path / "in.parquet"), "--checkpoint", str(tiny_checkpoint), "--no-progress",
               "--group-by", "listing", "--part-rows", "64"]  # fmt: skip
@@ -314,7 +338,10 @@ def test_top_1_per_group_keeps_each_groups_best_row(tmp_path, tiny_checkpoint, c
         assert group.sort_values("rank_in_group")["n"].tolist() == expected
         assert sorted(group["rank_in_group"]) == [1, 2, 3, 4, 5]
     tied = ranked[ranked["listing"] == "L000"].set_index("n")
-    assert tied.loc[1, "mean"] == tied.loc[3, "mean"] and tied.loc[1, "rank_in_group"] < tied.loc[3, "rank_in_group"]
+    assert (
+        tied.loc[1, "mean"] == tied.loc[3, "mean"]
+        and tied.loc[1, "rank_in_group"] < tied.loc[3, "rank_in_group"]
+    )
 
     top = pq.read_table(tmp_path / "top.parquet").to_pandas()
     assert len(top) == 100 and top["listing"].is_unique and (top["rank_in_group"] == 1).all()
@@ -326,7 +353,9 @@ def test_rows_that_failed_rank_after_every_scored_row_of_their_group(tmp_path, t
     from beholder import score_table
 
     photos(tmp_path, 2)
-    table = pa.table({"g": ["a", "a", "a", "b", None], "path": ["nope.jpg", "0.jpg", "1.jpg", "gone.jpg", "0.jpg"]})
+    table = pa.table(
+        {"g": ["a", "a", "a", "b", None], "path": ["nope.jpg", "0.jpg", "1.jpg", "gone.jpg", "0.jpg"]}
+    )
     pq.write_table(table, tmp_path / "in.parquet")
     summary = score_table(tmp_path / "in.parquet", tmp_path / "out.parquet", checkpoint=str(tiny_checkpoint),
                           runtime="torch", group_by="g", progress=False)  # fmt: skip
@@ -349,7 +378,9 @@ def test_ray_engine_gives_the_rows_and_scores_of_the_local_engine(tmp_path, tiny
     options = ["--table", str(tmp_path / "in.parquet"), "--checkpoint", str(tiny_checkpoint), "--runtime", "torch",
                "--part-rows", "40", "--no-progress"]  # fmt: skip
     _, local = score_cli(*options, "--out", str(tmp_path / "local.parquet"))
-    _, on_ray = score_cli(*options, "--out", str(tmp_path / "ray.parquet"), "--engine", "ray", "--num-cpus", "2")
+    _, on_ray = score_cli(
+        *options, "--out", str(tmp_path / "ray.parquet"), "--engine", "ray", "--num-cpus", "2"
+    )
     assert on_ray["engine"] == "ray" and on_ray["rows"] == local["rows"] == 200
     assert on_ray["errors"] == local["errors"] == 10
     same_scores(pq.read_table(tmp_path / "ray.parquet"), pq.read_table(tmp_path / "local.parquet"), atol=1e-5)
