@@ -118,8 +118,13 @@ def same_scores(a: pa.Table, b: pa.Table, atol: float) -> None:
             for table in (a, b):
                 mean = table.column("mean").to_numpy(zero_copy_only=False)
                 expected = np.where(np.isnan(mean), np.nan, percentile(np.nan_to_num(mean)))
-                np.testing.assert_allclose(table.column(name).to_numpy(zero_copy_only=False), expected,
-                                           rtol=0, atol=1e-9, equal_nan=True)  # fmt: skip
+                np.testing.assert_allclose(
+                    table.column(name).to_numpy(zero_copy_only=False),
+                    expected,
+                    rtol=0,
+                    atol=1e-9,
+                    equal_nan=True,
+                )
         elif name in SCORE_COLUMNS and name != "error":
             np.testing.assert_allclose(
                 a.column(name).to_numpy(zero_copy_only=False),
@@ -173,12 +178,27 @@ def catalogue(folder: Path, server_url: str) -> tuple[Path, dict[str, list[int]]
 def test_killed_run_resumes_with_every_row_once_and_the_scores_of_a_straight_run(
     tmp_path, tiny_checkpoint
 ) -> None:
-    url_bodies = {str(i): make_photo(tmp_path / "served" / f"{i}.jpg", size=SIZE, seed=10_000 + i).read_bytes()
-                  for i in range(20)}  # fmt: skip
+    url_bodies = {
+        str(i): make_photo(tmp_path / "served" / f"{i}.jpg", size=SIZE, seed=10_000 + i).read_bytes()
+        for i in range(20)
+    }
     with ImageServer(url_bodies) as server:
         table_path, kinds = catalogue(tmp_path / "data", server.url)
-        options = ["--table", str(table_path), "--checkpoint", str(tiny_checkpoint), "--id-column", "sku",
-                   "--part-rows", "100", "--batch-size", "16", "--url-retries", "1", "--no-progress"]  # fmt: skip
+        options = [
+            "--table",
+            str(table_path),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--id-column",
+            "sku",
+            "--part-rows",
+            "100",
+            "--batch-size",
+            "16",
+            "--url-retries",
+            "1",
+            "--no-progress",
+        ]
         rc, straight_summary = score_cli(*options, "--out", str(tmp_path / "straight.parquet"))
         assert rc == 1 and straight_summary["rows"] == 3000 and straight_summary["scored"] == 3000
 
@@ -229,8 +249,10 @@ def test_killed_run_resumes_with_every_row_once_and_the_scores_of_a_straight_run
     from beholder import Scorer
 
     scorer = Scorer.from_checkpoint(tiny_checkpoint, batch_size=16)
-    served = [tmp_path / "served" / f"{resumed.column('path')[i].as_py().rsplit('/', 1)[1]}.jpg"
-              for i in kinds["url_ok"]]  # fmt: skip
+    served = [
+        tmp_path / "served" / f"{resumed.column('path')[i].as_py().rsplit('/', 1)[1]}.jpg"
+        for i in kinds["url_ok"]
+    ]
     local = [r.mean for r in scorer.score([str(p) for p in served])]
     np.testing.assert_allclose(means[kinds["url_ok"]], local, atol=1e-6)
 
@@ -324,8 +346,17 @@ def test_top_1_per_group_keeps_each_groups_best_row(tmp_path, tiny_checkpoint, c
         {"listing": [f"L{i // 5:03d}" for i in range(500)], "path": paths, "n": list(range(500))}
     )
     pq.write_table(table, tmp_path / "in.parquet")
-    common = ["--table", str(tmp_path / "in.parquet"), "--checkpoint", str(tiny_checkpoint), "--no-progress",
-              "--group-by", "listing", "--part-rows", "64"]  # fmt: skip
+    common = [
+        "--table",
+        str(tmp_path / "in.parquet"),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--no-progress",
+        "--group-by",
+        "listing",
+        "--part-rows",
+        "64",
+    ]
     assert main(["score", *common, "--out", str(tmp_path / "ranked.parquet")]) == 0
     assert main(["score", *common, "--top", "1", "--out", str(tmp_path / "top.parquet")]) == 0
     capsys.readouterr()
@@ -357,8 +388,14 @@ def test_rows_that_failed_rank_after_every_scored_row_of_their_group(tmp_path, t
         {"g": ["a", "a", "a", "b", None], "path": ["nope.jpg", "0.jpg", "1.jpg", "gone.jpg", "0.jpg"]}
     )
     pq.write_table(table, tmp_path / "in.parquet")
-    summary = score_table(tmp_path / "in.parquet", tmp_path / "out.parquet", checkpoint=str(tiny_checkpoint),
-                          runtime="torch", group_by="g", progress=False)  # fmt: skip
+    summary = score_table(
+        tmp_path / "in.parquet",
+        tmp_path / "out.parquet",
+        checkpoint=str(tiny_checkpoint),
+        runtime="torch",
+        group_by="g",
+        progress=False,
+    )
     assert summary["rows"] == 5 and summary["errors"] == 2 and summary["scored"] == 5
     out = pq.read_table(tmp_path / "out.parquet").to_pydict()
     assert out["rank_in_group"][0] == 3 and sorted(out["rank_in_group"][1:3]) == [1, 2]
@@ -375,8 +412,17 @@ def test_ray_engine_gives_the_rows_and_scores_of_the_local_engine(tmp_path, tiny
     paths = [f"img/{i}.jpg" for i in range(190)] + [f"img/missing-{i}.jpg" for i in range(10)]
     table = pa.table({"path": paths[::-1], "row": list(range(200))})
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=30)
-    options = ["--table", str(tmp_path / "in.parquet"), "--checkpoint", str(tiny_checkpoint), "--runtime", "torch",
-               "--part-rows", "40", "--no-progress"]  # fmt: skip
+    options = [
+        "--table",
+        str(tmp_path / "in.parquet"),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--runtime",
+        "torch",
+        "--part-rows",
+        "40",
+        "--no-progress",
+    ]
     _, local = score_cli(*options, "--out", str(tmp_path / "local.parquet"))
     _, on_ray = score_cli(
         *options, "--out", str(tmp_path / "ray.parquet"), "--engine", "ray", "--num-cpus", "2"
