@@ -334,6 +334,40 @@ def test_csv_and_jsonl_round_trip_keep_every_column_and_resolve_paths_from_the_t
     )
 
 
+def test_fetcher_keeps_the_downloaders_rules(tmp_path) -> None:
+    from beholder.data.download import Fetcher, FetchError
+
+    body = make_photo(tmp_path / "a.jpg", size=SIZE).read_bytes()
+    with ImageServer({"a": body}) as server:
+        fetcher = Fetcher(retries=0, timeout=10)
+        assert fetcher.fetch(f"{server.url}/ok/a") == body
+        for url, reason in [
+            (f"{server.url}/gone/a", "not_found"),
+            (f"{server.url}/cut/a", "incomplete_body"),
+            ("file:///etc/passwd", "unsafe_url"),
+        ]:
+            with pytest.raises(FetchError) as caught:
+                fetcher.fetch(url)
+            assert caught.value.reason == reason, url
+        with pytest.raises(FetchError) as caught:
+            Fetcher(retries=0, max_bytes=len(body) - 1).fetch(f"{server.url}/ok/a")
+        assert caught.value.reason == "too_large"
+
+
+def test_an_empty_table_gives_an_empty_out_with_every_column(tmp_path, tiny_checkpoint) -> None:
+    from beholder import score_table
+
+    pq.write_table(
+        pa.table({"path": pa.array([], pa.string()), "g": pa.array([], pa.int64())}), tmp_path / "in.parquet"
+    )
+    summary = score_table(
+        tmp_path / "in.parquet", tmp_path / "out.csv", checkpoint=str(tiny_checkpoint), group_by="g"
+    )
+    assert summary["rows"] == summary["scored"] == summary["errors"] == 0
+    header = (tmp_path / "out.csv").read_text().splitlines()
+    assert header == [",".join(f'"{c}"' for c in ["path", "g", *SCORE_COLUMNS, "rank_in_group"])]
+
+
 # -- Must show 4: groups -----------------------------------------------------------------------------
 
 

@@ -10,6 +10,9 @@ image (:func:`beholder.imageio.open_image`), and is then renamed to ``<id>.<ext>
 final name always holds a complete image, so a rerun skips those and a killed run leaves only
 ``.part`` files, which the next run deletes. Outcomes go to ``download.json`` and ``failures.csv``.
 
+:class:`Fetcher` applies the same rules (schemes, redirects, per-host limit, timeouts, retries,
+size cap) to single URLs whose bodies stay in memory: catalogue scoring uses it.
+
 This module is longer than most (about 800 lines) because one concept, fetching untrusted bodies
 safely, needs its parts side by side: the scheme and redirect rules, the per-host limits, the size
 and time caps, the checks before an atomic rename, and the failure reasons they produce.

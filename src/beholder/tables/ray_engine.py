@@ -128,6 +128,9 @@ def run_ray(
         import ray.data
     except ImportError:
         raise ConfigError("--engine ray needs Ray: pip install 'beholder[ray]'") from None
+    # Build the scorer once here first: a bad model option fails now with its own message rather
+    # than inside every actor, and an ONNX export lands in the cache the actors then read.
+    spec.build()
     started = not ray.is_initialized()
     if started:
         if address:
