@@ -162,23 +162,25 @@ def score_table(
     store = PartStore.open(out_path, job, output_schema(dataset.schema), resume=resume)
     try:
         resumed = store.done_rows()
-        if store.missing_parts():
-            scored = _run_engine(
-                engine,
-                dataset,
+        if not store.missing_parts():
+            scored = 0
+        elif engine == "ray":
+            from beholder.tables.ray_engine import run_ray
+
+            scored = run_ray(
                 in_path,
                 fmt,
                 store,
                 spec,
-                scorer,
-                column,
-                fetch_options,
-                ray_address,
-                num_cpus,
-                progress,
+                column=column,
+                fetch_options=fetch_options,
+                address=ray_address,
+                num_cpus=num_cpus,
+                progress=progress,
             )
         else:
-            scored = 0
+            scorer = scorer if scorer is not None else spec.build()
+            scored = _run_local(dataset, in_path, store, scorer, column, fetch_options, progress)
         rows, errors, failures = _write_out(store, out_path, dataset.schema, group_by, top, id_column, column)
     finally:
         store.close()
@@ -201,30 +203,12 @@ def score_table(
     return summary
 
 
-def _run_engine(
-    engine, dataset, in_path, fmt, store, spec, scorer, column, fetch_options, address, num_cpus, progress
-) -> int:
-    if engine == "ray":
-        from beholder.tables.ray_engine import run_ray
-
-        return run_ray(
-            in_path,
-            fmt,
-            store,
-            spec,
-            column=column,
-            fetch_options=fetch_options,
-            address=address,
-            num_cpus=num_cpus,
-            progress=progress,
-        )
+def _run_local(dataset, in_path: Path, store: PartStore, scorer, column: str, fetch_options, progress) -> int:
     from beholder.data.download import Fetcher
     from beholder.tables.local import run_local
     from beholder.tables.scoring import RowScorer
 
-    row_scorer = RowScorer(
-        scorer if scorer is not None else spec.build(), column, str(in_path.parent), Fetcher(**fetch_options)
-    )
+    row_scorer = RowScorer(scorer, column, str(in_path.parent), Fetcher(**fetch_options))
     try:
         return run_local(dataset, in_path, store, row_scorer, progress)
     finally:
