@@ -368,6 +368,32 @@ def test_an_empty_table_gives_an_empty_out_with_every_column(tmp_path, tiny_chec
     assert header == [",".join(f'"{c}"' for c in ["path", "g", *SCORE_COLUMNS, "rank_in_group"])]
 
 
+def test_resume_refuses_the_parts_of_another_job_and_keeps_them(tmp_path, tiny_checkpoint) -> None:
+    from beholder import Scorer, score_table
+    from beholder.errors import ConfigError
+    from beholder.tables.run import ScorerSpec
+
+    photos(tmp_path / "img", 64)
+    table = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"path": [f"img/{i}.jpg" for i in range(64)]}), table)
+    options = {"checkpoint": str(tiny_checkpoint), "runtime": "torch", "part_rows": 32, "progress": False}
+    out = tmp_path / "out.parquet"
+    stopping = _StopsOnSecondCall(
+        Scorer.from_checkpoint(tiny_checkpoint, batch_size=16),
+        ScorerSpec(checkpoint=str(tiny_checkpoint)).describe(),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        score_table(table, out, **options, scorer=stopping)
+    committed = (parts_dir(out) / "part-000000000000.parquet").read_bytes()
+
+    with pytest.raises(ConfigError, match="part_rows: 32 then, 16 now"):
+        score_table(table, out, **{**options, "part_rows": 16}, resume=True)
+    pq.write_table(pa.table({"path": [f"img/{i}.jpg" for i in range(63)]}), table)  # IN changed
+    with pytest.raises(ConfigError, match=r"cannot resume .* another job .*input_bytes"):
+        score_table(table, out, **options, resume=True)
+    assert (parts_dir(out) / "part-000000000000.parquet").read_bytes() == committed and not out.exists()
+
+
 # -- Must show 4: groups -----------------------------------------------------------------------------
 
 
