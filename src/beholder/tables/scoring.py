@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -150,10 +150,10 @@ class RowScorer:
                 prepared.append(source)
         return prepared
 
-    def _score_window(self, cells: list, prepared: list) -> Iterator[RowScore]:
+    def _score_window(self, cells: list, prepared: list) -> list[RowScore]:
         from beholder.data.download import FetchError
 
-        outcome: list[Optional[RowScore]] = [None] * len(cells)
+        outcome: list[RowScore] = [RowScore()] * len(cells)  # every slot is set below
         sources, names, rows = [], [], []
         for row, (value, item) in enumerate(zip(cells, prepared)):
             if isinstance(item, Future):
@@ -170,7 +170,7 @@ class RowScorer:
             rows.append(row)
         for row, score in zip(rows, score_images(self.scorer, sources, names)):
             outcome[row] = score
-        return iter(outcome)  # type: ignore[arg-type]
+        return outcome
 
 
 def append_scores(table: pa.Table, scores: Sequence[RowScore]) -> pa.Table:
