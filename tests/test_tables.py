@@ -1,4 +1,8 @@
-"""`beholder score --table`: resumable catalogue scoring, URLs, groups, formats, and the Ray engine."""
+"""`beholder score --table`: resumable catalogue scoring, URLs, groups, formats, and the Ray engine.
+
+A little over 500 lines: the catalogue's scenarios (kill and resume, URLs, groups, both engines)
+share one image server, one table builder and one comparison, which belong beside them.
+"""
 
 from __future__ import annotations
 

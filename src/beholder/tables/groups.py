@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beholder.errors import ConfigError
 from beholder.tables.parts import PartStore
 
 RANK_COLUMN = "rank_in_group"
@@ -52,8 +51,6 @@ def group_ranks(store: PartStore, group_by: str) -> np.ndarray:
 
 def ranked_parts(store: PartStore, group_by: str, top: int | None) -> Iterator[pa.Table]:
     """Every part with ``rank_in_group`` added and, with ``top``, only rows ranked ``top`` or better."""
-    if top is not None and top < 1:
-        raise ConfigError(f"--top must be at least 1, got {top}")
     ranks = group_ranks(store, group_by)
     for start, table in store.iter_parts():
         rank = ranks[start : start + table.num_rows]

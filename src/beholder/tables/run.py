@@ -75,6 +75,21 @@ def _check_columns(schema: pa.Schema, path: Path, column: str, **optional: Optio
         )
 
 
+def _check_options(in_path, out_path, engine, group_by, top, part_rows, batch_size, scorer) -> None:
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if top is not None and group_by is None:
+        raise ConfigError("--top needs --group-by (the best K of each group)")
+    if top is not None and top < 1:
+        raise ConfigError(f"--top must be at least 1, got {top}")
+    if part_rows < 1 or batch_size < 1:
+        raise ConfigError(f"part_rows and batch_size must be at least 1, got {part_rows} and {batch_size}")
+    if scorer is not None and engine == "ray":
+        raise ConfigError("the ray engine builds a scorer per actor: pass model options, not a scorer")
+    if in_path == out_path:
+        raise ConfigError(f"{out_path}: the output would overwrite the input table")
+
+
 def score_table(
     table: Union[str, os.PathLike],
     out: Union[str, os.PathLike],
@@ -135,16 +150,7 @@ def score_table(
     began = time.perf_counter()
     in_path, out_path = Path(table).absolute(), Path(out).absolute()
     fmt, _ = table_format(in_path), table_format(out_path)
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    if top is not None and group_by is None:
-        raise ConfigError("--top needs --group-by (the best K of each group)")
-    if part_rows < 1 or batch_size < 1:
-        raise ConfigError(f"part_rows and batch_size must be at least 1, got {part_rows} and {batch_size}")
-    if scorer is not None and engine == "ray":
-        raise ConfigError("the ray engine builds a scorer per actor: pass model options, not a scorer")
-    if in_path == out_path:
-        raise ConfigError(f"{out_path}: the output would overwrite the input table")
+    _check_options(in_path, out_path, engine, group_by, top, part_rows, batch_size, scorer)
     dataset = open_table(in_path)
     _check_columns(dataset.schema, in_path, column, id_column=id_column, group_by=group_by)
     spec = ScorerSpec(model, checkpoint, weights, runtime, device, batch_size, workers)
