@@ -9,7 +9,9 @@ same files:
 * the decode-only floor: PIL decode alone on the decoding threads (full size, and DCT-scaled);
 * Beholder's input path, :func:`beholder.preprocessing.load_input` on a thread pool (PIL releases
   the GIL while decoding) feeding batches of 32 to ONNX Runtime (fidelity exact and fast) or to the
-  torch runtime (a BatchNorm-fused, channels-last copy under ``inference_mode``; exact).
+  torch runtime (a BatchNorm-fused, channels-last copy under ``inference_mode``; exact);
+* the :class:`beholder.inference.Scorer` itself, as ``beholder score`` runs it (its default,
+  ONNX Runtime with fidelity exact, and fast; and the torch runtime), results and all.
 
 Weights do not change the speed, so the model is the default model's architecture with random
 weights (no download needed). Rows are run interleaved, best of ``--repeats``, so that load from
@@ -78,12 +80,9 @@ def pipeline(
             run(np.stack(batch))
 
 
-def onnx_runner(model: torch.nn.Module, folder: Path, threads: int) -> BatchFn:
+def onnx_runner(path: Path, threads: int) -> BatchFn:
     import onnxruntime as ort
 
-    from beholder.export import export_onnx
-
-    path = export_onnx(model, folder / "model.onnx", check=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -91,13 +90,10 @@ def onnx_runner(model: torch.nn.Module, folder: Path, threads: int) -> BatchFn:
 
 
 def torch_runner(model: torch.nn.Module) -> BatchFn:
-    fused = copy.deepcopy(model).eval()
-    try:
-        from beholder.runtimes import fuse_conv_bn
+    from beholder.models.fusion import fuse_conv_bn
 
-        fuse_conv_bn(fused)
-    except ImportError:
-        pass
+    fused = copy.deepcopy(model).eval()
+    fuse_conv_bn(fused)
     fused = fused.to(memory_format=torch.channels_last)
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -124,7 +120,23 @@ def size_rows(model, paths: list[str], runners: dict[str, BatchFn], args) -> dic
         rows[f"beholder load_input + {runtime}, fidelity={fidelity}"] = (
             lambda r=runners[runtime], f=fidelity: pipeline(paths, pre, f, r, args.threads, args.batch_size)
         )
+    for label, scorer in scorers(model, args).items():
+        rows[label] = lambda s=scorer: s.score(paths)
     return rows
+
+
+def scorers(model: torch.nn.Module, args) -> dict:
+    """The Scorer as `beholder score` builds it: on the model's cached export, or on torch."""
+    from beholder.inference import Scorer
+    from beholder.runtimes import OnnxRuntime, exported_onnx
+
+    options = {"batch_size": args.batch_size, "workers": args.threads}
+    engine = OnnxRuntime.from_file(exported_onnx(model))
+    return {
+        "beholder Scorer, onnxruntime, exact (default)": Scorer(engine=engine, **options),
+        "beholder Scorer, onnxruntime, fast": Scorer(engine=engine, fidelity="fast", **options),
+        "beholder Scorer, torch, exact": Scorer(model, runtime="torch", **options),
+    }
 
 
 def main(argv=None) -> None:
@@ -142,7 +154,13 @@ def main(argv=None) -> None:
     model = build_nima(spec.architecture, preprocessing=spec.preprocessing).eval()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
-        runners = {"onnxruntime": onnx_runner(model, Path(tmp), args.threads), "torch": torch_runner(model)}
+        os.environ.setdefault("BEHOLDER_ONNX_CACHE", str(Path(tmp) / "onnx"))
+        from beholder.runtimes import exported_onnx
+
+        runners = {
+            "onnxruntime": onnx_runner(exported_onnx(model), args.threads),
+            "torch": torch_runner(model),
+        }
         print(
             f"batch {args.batch_size}, {args.threads} decoding threads, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), best of {args.repeats}; default fidelity: exact"

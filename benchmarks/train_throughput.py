@@ -1,6 +1,6 @@
 """Training throughput of Beholder's NIMA loops, each against a baseline measured in the same run.
 
-1. Phase 2 (all layers): ``beholder.train.train_one_epoch`` as ``beholder train`` runs it
+1. Phase 2 (all layers): ``beholder.training.train_one_epoch`` as ``beholder train`` runs it
    (channels_last, plus bf16/fp16 autocast on CUDA) against a plain fp32, NCHW loop.
 2. Phase 1 (head only): the frozen-backbone loop against the feature cache (backbone features
    computed once, then head steps on cached features), as a speed-up over ``--epochs`` phase-1
@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from beholder.config import TrainConfig, load_config
 from beholder.losses import EMDLoss
-from beholder.train import (
+from beholder.models.factory import create_training_model
+from beholder.training import (
     FeatureCache,
+    Placement,
     autocast_dtype,
-    build_model,
     build_optimizer,
     build_scheduler,
     freeze_backbone,
@@ -49,7 +50,7 @@ def timed(run: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def make_batches(batch: int, size: int, count: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(batch: int, size: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1  # Keras range [-1, 1]
     targets = torch.softmax(torch.randn(batch, 10, generator=generator), dim=-1)  # (B, 10)
@@ -66,60 +67,52 @@ class _Targets(torch.utils.data.Dataset):
         return len(self.targets)
 
 
-def phase2_images_per_second(args, device, *, channels_last: bool, amp_dtype: Optional[torch.dtype]) -> float:
+def _model(args):
     config = load_config(None, [*args.overrides, f"model.alpha={args.alpha}", "model.backbone_weights=null"])
-    model, _ = build_model(config, load_weights=False)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    return config, create_training_model(config, load_weights=False)[0]
+
+
+def phase2_images_per_second(args, device, *, channels_last: bool, amp_dtype: torch.dtype | None) -> float:
+    config, model = _model(args)
+    place = Placement(device, amp_dtype, channels_last)
+    place.place_model(model)
     unfreeze_backbone(model)
-    optimizer = build_optimizer(config, model, phase=2)
+    optimizer = build_optimizer(config.optimizer, model, config.phase2)
     scheduler = build_scheduler(optimizer, config.phase2.decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    options = dict(scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, channels_last=channels_last)
+    options = dict(scheduler=scheduler, scaler=scaler)
     warm = make_batches(args.batch_size, args.image_size, args.warmup)
-    train_one_epoch(model, warm, optimizer, EMDLoss(), device, **options)
+    train_one_epoch(model, warm, optimizer, EMDLoss(), place, **options)
     batches = make_batches(args.batch_size, args.image_size, args.steps)
-    seconds = timed(lambda: train_one_epoch(model, batches, optimizer, EMDLoss(), device, **options), device)
+    seconds = timed(lambda: train_one_epoch(model, batches, optimizer, EMDLoss(), place, **options), device)
     return args.batch_size * args.steps / seconds
 
 
 def phase1_figures(
-    args, device, amp_dtype: Optional[torch.dtype], channels_last: bool
-) -> Tuple[float, float, float]:
+    args, device, amp_dtype: torch.dtype | None, channels_last: bool
+) -> tuple[float, float, float]:
     """(frozen-backbone loop img/s, feature extraction img/s, cached-feature head steps img/s)."""
-    config = load_config(None, [*args.overrides, f"model.alpha={args.alpha}", "model.backbone_weights=null"])
-    model, _ = build_model(config, load_weights=False)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    config, model = _model(args)
+    place = Placement(device, amp_dtype, channels_last)
+    place.place_model(model)
     freeze_backbone(model)
-    optimizer = build_optimizer(config, model, phase=1)
+    optimizer = build_optimizer(config.optimizer, model, config.phase1)
     scheduler = build_scheduler(optimizer, 0.0)
-    options = dict(scheduler=scheduler, amp_dtype=amp_dtype, channels_last=channels_last)
-    train_one_epoch(
-        model,
-        make_batches(args.batch_size, args.image_size, args.warmup),
-        optimizer,
-        EMDLoss(),
-        device,
-        **options,
-    )
+    warm = make_batches(args.batch_size, args.image_size, args.warmup)
+    train_one_epoch(model, warm, optimizer, EMDLoss(), place, scheduler=scheduler)
     batches = make_batches(args.batch_size, args.image_size, args.steps)
     frozen = (
         args.batch_size
         * args.steps
-        / timed(lambda: train_one_epoch(model, batches, optimizer, EMDLoss(), device, **options), device)
+        / timed(
+            lambda: train_one_epoch(model, batches, optimizer, EMDLoss(), place, scheduler=scheduler), device
+        )
     )
 
     def extract() -> None:
-        autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), place.autocast():
             for images, _ in batches:
-                images = images.to(device)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                model.backbone(images)  # (B, C)
+                model.backbone(place.images(images))  # (B, C)
 
     extract()
     extraction = args.batch_size * args.steps / timed(extract, device)
@@ -130,17 +123,17 @@ def phase1_figures(
     cache.present[:] = True
     order = np.arange(n)
     head_batches = [order[i : i + args.batch_size].tolist() for i in range(0, n, args.batch_size)]
-    train_head_one_epoch(model, cache, head_batches, optimizer, EMDLoss(), device, scheduler=scheduler)
+    train_head_one_epoch(model.head, cache, head_batches, optimizer, EMDLoss(), place, scheduler=scheduler)
     head = n / timed(
         lambda: train_head_one_epoch(
-            model, cache, head_batches, optimizer, EMDLoss(), device, scheduler=scheduler
+            model.head, cache, head_batches, optimizer, EMDLoss(), place, scheduler=scheduler
         ),
         device,
     )
     return frozen, extraction, head
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -171,7 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"best of {max(1, args.repeats)}"
     )
 
-    def phase2(last: bool, dtype: Optional[torch.dtype]) -> float:
+    def phase2(last: bool, dtype: torch.dtype | None) -> float:
         runs = [
             phase2_images_per_second(args, device, channels_last=last, amp_dtype=dtype)
             for _ in range(repeats)

@@ -39,11 +39,21 @@ def idealo_weights(monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def shared_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export cache for the session: entries are keyed by content and verified on use, so
+    sharing them is safe, and the default model is exported once rather than once per test."""
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, shared_onnx_cache: Path
+) -> Path:
     """Never read or write the user's real cache from tests."""
     cache = tmp_path_factory.mktemp("beholder-cache")
     monkeypatch.setenv("BEHOLDER_CACHE", str(cache))
+    monkeypatch.setenv("BEHOLDER_ONNX_CACHE", str(shared_onnx_cache))
     return cache
 
 

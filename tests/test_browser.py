@@ -17,14 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
-IDEALO = ASSETS / "nima_idealo" / "weights_mobilenet_aesthetic_0.07.hdf5"
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -48,30 +43,12 @@ def write_photos(folder: Path) -> list:
     return paths
 
 
-def model_arguments(folder: Path, env: dict) -> list:
-    """idealo's trained model when its weights are here (a meaningful screenshot), else random weights."""
-    if IDEALO.exists():
-        env["BEHOLDER_WEIGHTS_PATH"] = str(IDEALO.parent)
-        return ["--model", "nima-mobilenet-idealo"]
-    from beholder.models import Architecture, build_nima, get_model_spec, save_checkpoint
-
-    torch.manual_seed(0)
-    model = build_nima(
-        Architecture(alpha=0.25), preprocessing=get_model_spec("nima-mobilenet-idealo").preprocessing
-    )
-    with torch.no_grad():  # He initialisation: random MobileNets otherwise score every image alike
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-        torch.nn.init.normal_(model.head[1].weight, std=0.5)
-    return ["--checkpoint", str(save_checkpoint(folder / "random.pt", model.eval()))]
-
-
 @pytest.fixture
 def server(tmp_path):
     env = dict(os.environ)
     port = free_port()
-    command = [sys.executable, "-m", "beholder", "serve", *model_arguments(tmp_path, env)]
+    # idealo's trained model ships in the package, so the screenshot shows meaningful scores.
+    command = [sys.executable, "-m", "beholder", "serve", "--model", "nima-mobilenet-idealo"]
     command += ["--port", str(port), "--runtime", "torch", "--log-level", "warning"]
     log = (tmp_path / "server.log").open("w+")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -128,6 +105,11 @@ def test_web_page_ranks_dropped_photos(server, browser, artifacts, tmp_path):
     exact = [float(cards.nth(i).get_attribute("data-mean")) for i in range(3)]
     assert exact == sorted(exact, reverse=True)  # ranked best first
     assert shown == [round(m, 2) for m in exact]
+    # Each card says what its mean means: the share of AVA photos rated lower.
+    percentiles = [float(cards.nth(i).get_attribute("data-percentile")) for i in range(3)]
+    assert percentiles == sorted(percentiles, reverse=True)  # monotone in the mean
+    labels = [cards.nth(i).locator(".percentile").inner_text() for i in range(3)]
+    assert labels == [f"beats {int(p + 0.5)}% of AVA" for p in percentiles]  # JavaScript's Math.round
     assert [cards.nth(i).locator(".rank").inner_text() for i in range(3)] == ["#1", "#2", "#3"]
     names = [cards.nth(i).locator(".name").inner_text() for i in range(3)]
     assert sorted(names) == sorted(p.name for p in photos)

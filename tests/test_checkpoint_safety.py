@@ -10,7 +10,7 @@ import torch
 
 from beholder.cli import main
 from beholder.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
-from beholder.train import rng_state, set_rng_state
+from beholder.training.rng import rng_state, set_rng_state
 
 
 class _Payload:

@@ -16,6 +16,7 @@ from beholder.config import (
     parse_overrides,
     save_config,
     to_dict,
+    to_flat_dict,
 )
 from beholder.errors import ConfigError
 
@@ -123,3 +124,49 @@ def test_cli_lists_every_key(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "phase2.decay=2.3e-05" in lines and "model.dropout=0.75" in lines
     assert len(lines) == len(config_keys())
+
+
+def test_listed_keys_are_yaml_and_paste_back_as_overrides(capsys):
+    assert cli.main(["train", "--list-keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        "model.init=null" in lines and "data.hflip=true" in lines and "data.rebalance.enabled=false" in lines
+    )
+    assert not any(line.endswith(("=None", "=True", "=False")) for line in lines)
+    assert load_config(None, lines) == TrainConfig()
+    assert parse_overrides(lines) == {key: value for key, value in to_flat_dict(TrainConfig()).items()}
+
+
+def test_phases_are_data_and_a_head_only_phase_refuses_a_backbone_rate():
+    config = TrainConfig()
+    assert [(name, phase.trainable) for name, phase in config.phases()] == [
+        ("phase1", "head"),
+        ("phase2", "all"),
+    ]
+    with pytest.raises(ConfigError, match=r"config phase1.backbone_lr: only a phase with trainable: all"):
+        load_config(None, ["phase1.backbone_lr=1e-4"])
+    assert load_config(None, ["phase1.trainable=all", "phase1.backbone_lr=1e-4"]).phase1.backbone_lr == 1e-4
+    with pytest.raises(ConfigError, match=r"config phase2\.trainable: must be head or all"):
+        load_config(None, ["phase2.trainable=backbone"])
+
+
+def test_recipes_hold_only_what_differs_from_the_defaults():
+    from beholder.config import read_yaml, recipe_path
+
+    assert read_yaml(recipe_path("nima_mobilenet")) == {}
+    for name in ("nima_mobilenet_full", "nima_mobilenet_rebalanced"):
+        written = to_flat_dict_of(read_yaml(recipe_path(name)))
+        changed = diff_configs(TrainConfig(), load_config(name))
+        assert set(written) == set(changed), name  # every key written changes something
+    rebalanced = load_config("nima_mobilenet_rebalanced")
+    assert rebalanced.data.rebalance.enabled and not TrainConfig().data.rebalance.enabled
+
+
+def to_flat_dict_of(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(to_flat_dict_of(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

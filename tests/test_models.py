@@ -56,10 +56,19 @@ def test_registry_default_entry_is_self_describing() -> None:
 
 
 def test_idealo_weights_fill_backbone_and_head(idealo_weights) -> None:
-    fresh = build_nima(get_model_spec(DEFAULT_MODEL).architecture)
+    h5py = pytest.importorskip("h5py")
     model = create_model(DEFAULT_MODEL)
     assert not model.training
-    assert not torch.equal(fresh.head[1].weight, model.head[1].weight)
+    # Read idealo's file directly, independently of the loader: Keras stores a Dense kernel as
+    # (in, out) and a Conv2D kernel as (kh, kw, in, out); torch wants (out, in) and (out, in, kh, kw).
+    with h5py.File(idealo_weights / "weights_mobilenet_aesthetic_0.07.hdf5", "r") as h5:
+        dense_kernel = h5["dense_1/dense_1/kernel:0"][()]
+        dense_bias = h5["dense_1/dense_1/bias:0"][()]
+        conv1_kernel = h5["conv1/conv1/kernel:0"][()]
+    torch.testing.assert_close(model.head[1].weight, torch.from_numpy(dense_kernel.T))
+    torch.testing.assert_close(model.head[1].bias, torch.from_numpy(dense_bias))
+    first_conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    torch.testing.assert_close(first_conv.weight, torch.from_numpy(conv1_kernel.transpose(3, 2, 0, 1)))
     assert model.backbone.features.conv1_bn.eps == 1e-3
 
 

@@ -139,7 +139,7 @@ def test_explicit_weights_override_the_packaged_file(monkeypatch) -> None:
     def must_not_load(*args, **kwargs):
         raise AssertionError("the packaged file was read although --weights was given")
 
-    monkeypatch.setattr("beholder.models.load_packaged_state_dict", must_not_load)
+    monkeypatch.setattr("beholder.models.factory.load_packaged_state_dict", must_not_load)
     model = create_model(registry.DEFAULT_MODEL, weights=source)
     assert model.head[1].weight.shape == (10, 1024)
 

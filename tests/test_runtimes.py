@@ -13,6 +13,7 @@ from beholder.cli import main
 from beholder.errors import ConfigError
 from beholder.inference import Scorer
 from beholder.models import Architecture, build_nima, create_model, get_model_spec
+from beholder.models.fusion import fuse_conv_bn
 from beholder.runtimes import (
     AUTO_PREFERENCE,
     RUNTIMES,
@@ -37,6 +38,7 @@ def shared_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def cache(shared_cache, monkeypatch) -> Path:
     monkeypatch.setenv("BEHOLDER_CACHE", str(shared_cache))
+    monkeypatch.delenv("BEHOLDER_ONNX_CACHE", raising=False)  # this module checks where files go
     return shared_cache
 
 
@@ -68,7 +70,7 @@ def test_fast_runtimes_match_torch_on_ava_sample(idealo, cache, name):
     got = np.array([r.distribution for r in actual])
     np.testing.assert_allclose(got, np.array([r.distribution for r in expected]), rtol=0, atol=1e-4)
     # And against the plain eager model (no BatchNorm folding, no channels_last), on the same tensors.
-    batch = torch.stack([torch_scorer.preprocess(p) for p in paths])
+    batch = torch.stack([torch.from_numpy(torch_scorer.preprocess(p)) for p in paths])
     with torch.no_grad():
         eager = torch.softmax(idealo(batch), dim=-1).numpy()
     np.testing.assert_allclose(got, eager, rtol=0, atol=1e-4)
@@ -122,7 +124,7 @@ def test_fusing_folds_plain_batchnorm_only():
     batch = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         expected = model(batch)
-        assert runtimes.fuse_conv_bn(model) == 1
+        assert fuse_conv_bn(model) == 1
         assert isinstance(model[1], torch.nn.Identity) and isinstance(model[3], _BatchNormReLU)
         torch.testing.assert_close(model(batch), expected, rtol=1e-5, atol=1e-5)
 
@@ -137,7 +139,7 @@ def test_auto_picks_the_first_installed_in_preference_order(small, cache):
     assert resolve_runtime_name("onnx", device="cpu") == "onnx"
     scorer = Scorer(small, runtime="auto", device="cpu")
     assert scorer.runtime.name == expected
-    assert scorer.runtime_name == "auto"
+    assert scorer.runtime_name == expected  # the engine that runs, never "auto"
 
 
 def test_auto_falls_back_to_torch(small, monkeypatch):
@@ -188,16 +190,36 @@ def test_openvino_refuses_unknown_device(small, cache):
         create_runtime("openvino", small, device="tpu")
 
 
-def test_registered_runtimes_follow_installed_packages():
+def test_registered_runtimes_follow_installed_packages(monkeypatch):
+    """A runtime whose package cannot be found is not offered; one whose package is found is."""
     import importlib.util
 
-    installed = {
-        "onnx": all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
-        "openvino": all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "openvino")),
-    }
-    assert available_runtimes()[0] == "torch"
-    for name, present in installed.items():
-        assert (name in available_runtimes()) == present
+    real_find_spec = importlib.util.find_spec
+    for hidden, kept in (("onnxruntime", "openvino"), ("openvino", "onnxruntime")):
+        gone = {"onnxruntime": "onnx", "openvino": "openvino"}[hidden]
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a, h=hidden: None if name == h else real_find_spec(name, *a),
+        )
+        offered = runtimes._registered()
+        assert gone not in offered and offered["torch"] is TorchRuntime
+        stays = {"onnxruntime": "onnx", "openvino": "openvino"}[kept]
+        assert (stays in offered) == (real_find_spec(kept) is not None)
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    assert list(runtimes._registered()) == available_runtimes()
+
+
+def test_importing_runtimes_imports_no_engine():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, beholder.runtimes\n"
+        "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'openvino') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("name", [*FAST_RUNTIMES, "auto"])

@@ -14,7 +14,7 @@ from PIL import Image
 from bad_images import bad_files, odd_mode_files
 from beholder import Scorer
 from beholder.cli import main
-from beholder.inference import expand_inputs
+from beholder.imageio import expand_inputs
 from beholder.models import Architecture, build_nima
 from conftest import IDEALO_KERAS_MEANS, make_photo
 
@@ -140,3 +140,125 @@ def test_torch_runtime_matches_the_unfused_model(tmp_path) -> None:
     with torch.no_grad():
         expected = torch.softmax(model(batch), dim=1).numpy()
     np.testing.assert_allclose(scorer.predict(batch), expected, atol=1e-5)
+
+
+# -- the scoring core: non-finite outputs, percentiles, one result type for every output ---------
+
+
+class FixedEngine:
+    """A runtime stub that gives image i the i-th of ``rows`` (cycling), e.g. NaN for some."""
+
+    name = "fixed"
+
+    def __init__(self, rows):
+        from beholder.models.registry import get_model_spec
+
+        spec = get_model_spec("nima-mobilenet-idealo")
+        self.preprocessing, self.architecture = spec.preprocessing, spec.architecture
+        self.rows, self.calls = np.asarray(rows, np.float32), 0
+
+    def __call__(self, batch):
+        picked = [self.rows[(self.calls + i) % len(self.rows)] for i in range(len(batch))]
+        self.calls += len(batch)
+        return np.stack(picked)
+
+
+PEAKED = np.eye(10)[6] * 0.6 + 0.04  # mean 6.4: a distribution that sums to 1
+NAN_ROW = np.full(10, np.nan)
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def fixed_cli(monkeypatch):
+    """`beholder score` with a stub engine: returns the engine, so tests choose its outputs."""
+    import beholder.cli.score as score_cli
+
+    engine = FixedEngine([PEAKED])
+
+    def scorer_from_args(args, **kwargs):
+        kwargs.pop("fidelity", None)
+        return Scorer(engine=engine, name="fixed", **kwargs)
+
+    monkeypatch.setattr(score_cli, "scorer_from_args", scorer_from_args)
+    return engine
+
+
+def test_a_non_finite_output_is_a_per_item_error_in_strict_json(fixed_cli, tmp_path, capsys) -> None:
+    fixed_cli.rows = np.stack([PEAKED, NAN_ROW, PEAKED]).astype(np.float32)
+    paths = [str(make_photo(tmp_path / f"{i}.jpg", seed=i)) for i in range(3)]
+    code = main(["score", "--format", "json", "--batch-size", "3", *paths])
+    out = capsys.readouterr()
+    assert code == 1
+    results = strict_json(out.out)
+    assert results[1] == {"path": paths[1], "error": "model output is not finite"}
+    assert [r["mean"] for r in (results[0], results[2])] == pytest.approx([6.4, 6.4])
+    assert f"{paths[1]}: model output is not finite" in out.err
+    for fmt in ("jsonl", "csv", "table"):
+        assert main(["score", "--format", fmt, "--batch-size", "3", *paths]) == 1
+        text = capsys.readouterr().out
+        assert "NaN" not in text and "nan" not in text
+        if fmt == "jsonl":
+            assert [strict_json(line).get("error") for line in text.splitlines()][
+                1
+            ] == "model output is not finite"
+
+
+def test_percentile_is_in_every_output_format(fixed_cli, tmp_path, capsys) -> None:
+    from beholder.percentiles import percentile
+
+    path = str(make_photo(tmp_path / "a.jpg"))
+    expected = percentile(6.4)
+    assert 80 < expected < 100  # a 6.4 beats most AVA photos
+    assert main(["score", "--format", "json", path]) == 0
+    (result,) = strict_json(capsys.readouterr().out)
+    assert result["percentile"] == pytest.approx(expected, abs=0.01)
+    assert main(["score", "--format", "csv", path]) == 0
+    (row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert float(row["percentile"]) == pytest.approx(expected, abs=0.01)
+    assert main(["score", "--format", "jsonl", path]) == 0
+    assert strict_json(capsys.readouterr().out)["percentile"] == pytest.approx(expected, abs=0.01)
+    assert main(["score", path]) == 0
+    table = capsys.readouterr().out
+    assert "AVA %ile" in table.splitlines()[0] and f"{expected:.1f}" in table.splitlines()[1]
+
+
+def test_the_service_answers_json_for_non_finite_outputs(tmp_path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from beholder.percentiles import percentile
+    from beholder.serve import create_app
+
+    data = [make_photo(tmp_path / f"{i}.jpg", seed=i).read_bytes() for i in range(2)]
+    engine = FixedEngine([PEAKED, NAN_ROW])
+    with TestClient(create_app(Scorer(engine=engine, batch_size=2, workers=1))) as client:
+        files = [("files", (f"{i}.jpg", blob, "image/jpeg")) for i, blob in enumerate(data)]
+        response = client.post("/v1/score", files=files)
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+        good, bad = strict_json(response.text)
+        assert good["percentile"] == pytest.approx(percentile(6.4), abs=0.01)
+        assert bad == {"path": "1.jpg", "error": "model output is not finite"}
+        engine.rows = np.stack([NAN_ROW]).astype(np.float32)
+        response = client.post("/v1/rank", files=files)
+        assert response.status_code == 422
+        body = strict_json(response.text)
+        assert body["error"] == "model_output_not_finite"
+        assert [f["error"] for f in body["files"]] == ["model output is not finite"] * 2
+
+
+def test_rank_puts_failures_last_in_input_order() -> None:
+    from beholder.inference import ScoreResult, rank
+
+    results = [
+        ScoreResult("a", error="x"),
+        ScoreResult("b", mean=5.0),
+        ScoreResult("c", error="y"),
+        ScoreResult("d", mean=6.0),
+    ]
+    assert [r.path for r in rank(results)] == ["d", "b", "a", "c"]

@@ -23,22 +23,23 @@ from torch.utils.data import DataLoader
 
 from beholder import metrics
 from beholder.config import load_config, to_dict
-from beholder.data.dataset import EpochSampler, RatingDataset, read_manifest
+from beholder.data.dataset import EpochSampler, RatingDataset
+from beholder.data.manifest import load_manifest as read_manifest
 from beholder.errors import ConfigError
 from beholder.losses import EMDLoss
 from beholder.models.checkpoint import load_checkpoint, read_checkpoint
+from beholder.models.factory import create_training_model as build_model
 from beholder.preprocessing import build_eval_transform, build_train_transform
-from beholder.train import (
+from beholder.training import (
     HISTORY_COLUMNS,
-    build_model,
     build_optimizer,
     build_scheduler,
-    evaluate,
     fit,
     freeze_backbone,
     train_one_epoch,
     unfreeze_backbone,
 )
+from beholder.training import validate as evaluate
 from train_helpers import (
     TINY,
     WEIGHTS_025,
@@ -191,7 +192,7 @@ def test_phase1_leaves_the_backbone_bit_identical_and_phase2_changes_it(small_da
     head_before = model.head[1].weight.detach().clone()
 
     freeze_backbone(model)
-    optimizer = build_optimizer(config, model, phase=1)
+    optimizer = build_optimizer(config.optimizer, model, config.phase1)
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
         id(p) for p in model.head.parameters()
     }
@@ -204,7 +205,7 @@ def test_phase1_leaves_the_backbone_bit_identical_and_phase2_changes_it(small_da
     assert not torch.equal(head_before, model.head[1].weight)
 
     unfreeze_backbone(model)
-    optimizer = build_optimizer(config, model, phase=2)
+    optimizer = build_optimizer(config.optimizer, model, config.phase2)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-3]  # head, backbone
     train_one_epoch(
         model, loader, optimizer, EMDLoss(), torch.device("cpu"), scheduler=build_scheduler(optimizer, 0)
@@ -242,7 +243,14 @@ class _Stop(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [["data.num_workers=1"], ["feature_cache=true"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["data.num_workers=1"],
+        ["feature_cache=true"],
+        ["data.rebalance.enabled=true", "data.rebalance.target_share=0.2", "data.rebalance.max_copies=2"],
+    ],
+)
 def test_resume_is_exact_with_persistent_workers_and_the_feature_cache(
     small_data, tmp_path, monkeypatch, extra
 ):
@@ -269,6 +277,39 @@ def test_resume_is_exact_with_persistent_workers_and_the_feature_cache(
             rtol=1e-5,
             err_msg=column,
         )
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_extended_by_resuming_with_more_epochs_in_its_last_phase(
+    small_data, tmp_path, monkeypatch, capsys
+):
+    from beholder import cli
+
+    require_weights(monkeypatch)
+    run = tmp_path / "run"
+    start = [
+        *TINY,
+        "batch_size=8",
+        "phase1.epochs=1",
+        "phase2.epochs=1",
+        "phase2.lr=1e-3",
+        "phase2.decay=0.5",
+    ]
+    assert cli.main(["train", "--data", str(small_data), "--out", str(run), *start]) == 0
+    assert "resumed" not in capsys.readouterr().out
+    for fewer in ("phase2.epochs=0", "phase1.epochs=2"):
+        assert cli.main(["train", "--data", str(small_data), "--out", str(run), "--resume", fewer]) == 2
+        assert "differs from the run" in capsys.readouterr().err
+    assert (
+        cli.main(["train", "--data", str(small_data), "--out", str(run), "--resume", "phase2.epochs=2"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "resumed from epoch 2" in out and "epoch 3/3 phase 2:" in out
+    history = read_history(run / "history.csv")
+    assert [(r["epoch"], r["phase"]) for r in history] == [("1", "1"), ("2", "2"), ("3", "2")]
+    # The phase's schedule went on: 3 steps per epoch, so epoch 3 ended at step t=5 of phase 2.
+    assert float(history[-1]["lr"]) == pytest.approx(1e-3 / (1 + 0.5 * 5), rel=1e-6)
+    assert load_config(run / "config.yaml").phase2.epochs == 2
 
 
 def _train_command(data: Path, run: Path, *extra: str) -> List[str]:
@@ -395,3 +436,46 @@ def test_two_process_ddp_run_writes_artefacts_from_rank_0_only(tmp_path):
     val = RatingDataset(manifest[manifest.split == "val"], build_eval_transform(model.preprocessing))
     metrics_one_process = evaluate(model, DataLoader(val, batch_size=8), torch.device("cpu"))
     assert float(history[-1]["val_loss"]) == pytest.approx(metrics_one_process["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_feature_cache_keeps_every_head_in_step(tmp_path):
+    # The cached head phase runs the head alone in DistributedDataParallel; if the processes'
+    # heads drifted apart, the gathered validation (each rank predicts its shard with its own
+    # head) would differ from one process validating rank 0's saved model.
+    if not WEIGHTS_025.is_file():
+        pytest.skip(f"offline weights not available: {WEIGHTS_025}")
+    data = make_prepared_dir(tmp_path / "data", counts=(32, 16, 0), size=48, cache_size=40)
+    env = {**os.environ, "BEHOLDER_WEIGHTS_PATH": str(WEIGHTS_025_DIR), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    command = [
+        *[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+        *["-m", "beholder", "train", "--data", str(data), "--out", str(run), *TINY],
+        *["batch_size=8", "feature_cache=true", "phase1.epochs=2", "phase1.lr=0.01", "phase2.epochs=0"],
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = read_history(run / "history.csv")
+    assert [(r["epoch"], r["phase"]) for r in history] == [("1", "1"), ("2", "1")]
+    model, _ = load_checkpoint(run / "checkpoints" / "last.pt")
+    manifest = read_manifest(data)
+    val = RatingDataset(manifest[manifest.split == "val"], build_eval_transform(model.preprocessing))
+    one_process = evaluate(model, DataLoader(val, batch_size=8), torch.device("cpu"))
+    assert float(history[-1]["val_loss"]) == pytest.approx(one_process["loss"], rel=1e-5)
+    assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
+
+
+def test_unwrap_finds_the_model_inside_ddp_and_torch_compile():
+    from beholder.models.checkpoint import unwrap
+    from beholder.models.nima import Architecture, build_nima
+
+    model = build_nima(Architecture(alpha=0.25))
+
+    class Wrapper(torch.nn.Module):  # what DistributedDataParallel looks like from outside
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    compiled = torch.compile(model)  # compiles lazily, on the first call
+    assert unwrap(model) is model and unwrap(compiled) is model
+    assert unwrap(Wrapper(model)) is model and unwrap(Wrapper(compiled)) is model

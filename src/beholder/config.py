@@ -17,19 +17,29 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 import yaml
 
 from beholder.errors import ConfigError
+from beholder.files import atomic_write_text
+
+#: What a phase trains: the head alone (frozen backbone) or every layer.
+TRAINABLE = ("head", "all")
 
 #: The recipe ``beholder train`` uses when no ``--config`` is given.
 DEFAULT_RECIPE = "nima_mobilenet"
 
 _RECIPE_DIR = Path(__file__).resolve().parent / "configs"
+
+
+# The dataclass fields say Optional[X], not X | None: _set reads them at run time with
+# typing.get_type_hints, which cannot evaluate "X | None" on Python 3.9.
 
 
 @dataclass
@@ -43,12 +53,42 @@ class ModelConfig:
         backbone_weights: ImageNet starting weights: a registered name (``beholder models``'s
             backbone weights, e.g. ``keras-mobilenet-v1-1.0-imagenet``), a file path, ``timm``
             (timm's own pretrained weights, from its hub cache), or null for random initialisation.
+            Not used with ``init``.
+        init: fine-tune a whole trained network, head included: a checkpoint written by
+            ``beholder train`` (``runs/x/checkpoints/best.pt``) or a registered model name
+            (``nima-mobilenet-idealo``). Its backbone and width must be the ones configured here.
     """
 
     backbone: str = "keras_mobilenet_v1"
     alpha: float = 1.0
     dropout: float = 0.75
     backbone_weights: Optional[str] = "keras-mobilenet-v1-1.0-imagenet"
+    init: Optional[str] = None
+
+
+@dataclass
+class RebalanceConfig:
+    """Oversampling of rare mean scores (off in the seed's recipe; see docs/training.md).
+
+    After undersampling, every mean-score bin (the ``data.bins`` bins) holding less than
+    ``target_share`` of the epoch's images is drawn again until it reaches that share, each image
+    at most ``max_copies`` times in all. The extra copies get only augmentation that keeps how
+    good a photo looks: the usual flip and crop, a crop of ``1 - scale_jitter`` to 1 of the area at
+    the image's own aspect ratio, and a JPEG re-encode at a quality of ``jpeg_quality_min`` to 95.
+
+    Attributes:
+        enabled: oversample the rare bins.
+        target_share: share of an epoch each rare bin is raised to (0.05: 5%).
+        max_copies: most draws of one image in one epoch (the original included).
+        scale_jitter: largest fraction of the area the extra crop removes (0 for none).
+        jpeg_quality_min: lowest JPEG quality of the re-encode (null: no re-encode).
+    """
+
+    enabled: bool = False
+    target_share: float = 0.05
+    max_copies: int = 4
+    scale_jitter: float = 0.1
+    jpeg_quality_min: Optional[int] = 75
 
 
 @dataclass
@@ -69,6 +109,7 @@ class DataConfig:
             rather than one subset for the whole run.
         num_workers: DataLoader worker processes (0 loads in the training process).
         train_split, val_split: manifest ``split`` values used for training and validation.
+        rebalance: oversampling of rare mean scores (:class:`RebalanceConfig`).
     """
 
     image_size: Optional[int] = 256
@@ -82,6 +123,7 @@ class DataConfig:
     num_workers: int = 2
     train_split: str = "train"
     val_split: str = "val"
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
 
 
 @dataclass
@@ -90,13 +132,16 @@ class PhaseConfig:
 
     Attributes:
         epochs: epochs in this phase (0 skips it).
+        trainable: ``head`` (the backbone is frozen, BatchNorm included) or ``all``.
         lr: learning rate of the head (and of the backbone unless ``backbone_lr`` is set).
         decay: Keras' legacy time decay, ``lr_t = lr / (1 + decay * t)`` with t the optimizer
             steps taken in this phase; 0 keeps the rate constant.
-        backbone_lr: phase 2 only: the backbone's own learning rate (null: same as ``lr``).
+        backbone_lr: the backbone's own learning rate (null: same as ``lr``); only for
+            ``trainable: all``.
     """
 
     epochs: int = 5
+    trainable: str = "head"
     lr: float = 1e-3
     decay: float = 0.0
     backbone_lr: Optional[float] = None
@@ -114,7 +159,7 @@ class OptimizerConfig:
 
 
 def _phase2_default() -> PhaseConfig:
-    return PhaseConfig(epochs=9, lr=3e-5, decay=2.3e-5)
+    return PhaseConfig(epochs=9, trainable="all", lr=3e-5, decay=2.3e-5)
 
 
 @dataclass
@@ -153,6 +198,24 @@ class TrainConfig:
     distributed_backend: str = "auto"
     progress: bool = True
 
+    def phases(self) -> list[tuple[str, PhaseConfig]]:
+        """The training phases in order, by config section name: ``[("phase1", ...), ("phase2", ...)]``."""
+        return [("phase1", self.phase1), ("phase2", self.phase2)]
+
+    def _rebalance_checks(self) -> list[tuple[str, bool, str]]:
+        rebalance = self.data.rebalance
+        quality = rebalance.jpeg_quality_min
+        return [
+            ("data.rebalance.target_share", 0 < rebalance.target_share < 1, "must be in (0, 1)"),
+            ("data.rebalance.max_copies", rebalance.max_copies >= 1, "must be >= 1"),
+            ("data.rebalance.scale_jitter", 0 <= rebalance.scale_jitter < 0.5, "must be in [0, 0.5)"),
+            (
+                "data.rebalance.jpeg_quality_min",
+                quality is None or 30 <= quality <= 95,
+                "must be in [30, 95]",
+            ),
+        ]
+
     def validate(self) -> TrainConfig:
         """Check value ranges and choices; raises ConfigError naming the key."""
         checks = [
@@ -180,13 +243,20 @@ class TrainConfig:
             ),
             ("data.image_size", self.data.image_size is None or self.data.image_size >= 1, "must be >= 1"),
             ("data.crop", self.data.crop is None or self.data.crop >= 1, "must be >= 1"),
+            *self._rebalance_checks(),
         ]
-        for name, phase in (("phase1", self.phase1), ("phase2", self.phase2)):
+        for name, phase in self.phases():
             checks += [
                 (f"{name}.epochs", phase.epochs >= 0, "must be >= 0"),
+                (f"{name}.trainable", phase.trainable in TRAINABLE, "must be head or all"),
                 (f"{name}.lr", phase.lr > 0, "must be > 0"),
                 (f"{name}.decay", phase.decay >= 0, "must be >= 0"),
                 (f"{name}.backbone_lr", phase.backbone_lr is None or phase.backbone_lr > 0, "must be > 0"),
+                (
+                    f"{name}.backbone_lr",
+                    phase.backbone_lr is None or phase.trainable == "all",
+                    f"only a phase with trainable: all trains the backbone (this one: {phase.trainable})",
+                ),
             ]
         if self.data.image_size and self.data.crop:
             checks.append(("data.crop", self.data.crop <= self.data.image_size, "must be <= data.image_size"))
@@ -201,12 +271,12 @@ class TrainConfig:
 # dict / YAML conversion
 
 
-def to_dict(config: TrainConfig) -> Dict[str, Any]:
+def to_dict(config: TrainConfig) -> dict[str, Any]:
     """The config as plain nested dicts (YAML- and torch.save-friendly)."""
     return dataclasses.asdict(config)
 
 
-def config_from_dict(data: Dict[str, Any], base: Optional[TrainConfig] = None) -> TrainConfig:
+def config_from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """Build a config from nested dicts on top of ``base`` (default: the dataclass defaults).
 
     Raises ConfigError for unknown keys or values of the wrong type.
@@ -217,22 +287,17 @@ def config_from_dict(data: Dict[str, Any], base: Optional[TrainConfig] = None) -
     return config
 
 
-def save_config(config: TrainConfig, path: Union[str, Path]) -> Path:
+def save_config(config: TrainConfig, path: str | Path) -> Path:
     """Write the config as YAML (atomically: temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-    temporary.replace(path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def list_recipes() -> List[str]:
+def list_recipes() -> list[str]:
     """Names of the recipes shipped with the package."""
     return sorted(p.stem for p in _RECIPE_DIR.glob("*.yaml"))
 
 
-def recipe_path(name_or_path: Union[str, Path]) -> Path:
+def recipe_path(name_or_path: str | Path) -> Path:
     """Resolve a recipe name (``nima_mobilenet``) or a YAML path to a file."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -244,7 +309,7 @@ def recipe_path(name_or_path: Union[str, Path]) -> Path:
     raise ConfigError(f"no config file or recipe {name!r}; recipes: {', '.join(list_recipes())}")
 
 
-def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -257,9 +322,9 @@ def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
-def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """``["phase2.lr=1e-4", "data.crop=96"]`` -> ``{"phase2.lr": 1e-4, "data.crop": 96}`` (YAML values)."""
-    result: Dict[str, Any] = {}
+    result: dict[str, Any] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -273,10 +338,10 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
 
 
 def load_config(
-    source: Optional[Union[str, Path]] = None,
+    source: str | Path | None = None,
     overrides: Sequence[str] = (),
     *,
-    base: Optional[TrainConfig] = None,
+    base: TrainConfig | None = None,
 ) -> TrainConfig:
     """Load a recipe (name or path; None = the defaults, i.e. the seed recipe), apply overrides, validate.
 
@@ -297,28 +362,34 @@ def load_config(
     return config.validate()
 
 
-def diff_configs(a: TrainConfig, b: TrainConfig) -> Dict[str, Tuple[Any, Any]]:
+def diff_configs(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (value in a, value in b)}`` for every leaf that differs."""
     flat_a, flat_b = _flatten(to_dict(a)), _flatten(to_dict(b))
     return {key: (flat_a[key], flat_b[key]) for key in flat_a if flat_a[key] != flat_b[key]}
 
 
-def to_flat_dict(config: TrainConfig) -> Dict[str, Any]:
+def to_flat_dict(config: TrainConfig) -> dict[str, Any]:
     """``{dotted key: value}`` for every leaf of ``config``."""
     return _flatten(to_dict(config))
 
 
-def config_keys() -> List[str]:
+def config_keys() -> list[str]:
     """Every dotted key a config accepts."""
     return list(to_flat_dict(TrainConfig()))
+
+
+def yaml_scalar(value: Any) -> str:
+    """``value`` as YAML flow text (``null``, ``true``, ``2.3e-05``), so a printed override pastes back."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
 
 
 # ---------------------------------------------------------------------------------------------
 # strict setting of dotted keys
 
 
-def _flatten(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -360,7 +431,7 @@ def _set(config: TrainConfig, dotted: str, value: Any) -> None:
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a field's type hint, converting int->float and numeric strings."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union:
+    if origin is Union or origin is getattr(types, "UnionType", Union):
         if value is None and type(None) in args:
             return None
         (hint,) = [a for a in args if a is not type(None)]

@@ -24,5 +24,7 @@ class ImageLoadError(BeholderError):
 
     def __init__(self, path: str, problem: str):
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        # Decoder messages (libheif's, say) may end in a newline or span lines; a per-file error is
+        # printed as one line of a table, CSV or log, so whitespace runs collapse to one space.
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{self.path}: {self.problem}")

@@ -33,17 +33,22 @@ from torch import nn
 
 from beholder import __version__
 from beholder.errors import ConfigError
+from beholder.models.fusion import fuse_conv_bn
 from beholder.models.nima import NIMA
+from beholder.onnx_model import (
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    METADATA_PREFIX,
+    METADATA_VERSION,
+    OUTPUT_KINDS,
+    parse_metadata,
+)
 
 log = logging.getLogger(__name__)
 
-#: ONNX opset of exported files: 18 is read by onnxruntime >= 1.14 and OpenVINO >= 2023.
-DEFAULT_OPSET = 18
-OUTPUT_KINDS = ("probabilities", "logits")
-INPUT_NAME = "images"
-METADATA_PREFIX = "beholder."
-#: Version of the metadata layout below; bump when keys change meaning.
-METADATA_VERSION = 1
+#: The oldest opset asked for that can be honoured: torch's exporter writes opset 18 and converts
+#: down only best-effort (keeping 18 when it cannot), so lower versions are refused up front.
+MIN_OPSET = 18
 # An example batch of 2 (not 1): the exporter would otherwise specialise a size-1 dimension.
 _EXAMPLE_BATCH = 2
 
@@ -59,18 +64,23 @@ class _WithSoftmax(nn.Module):
         return torch.softmax(self.model(images), dim=-1)
 
 
-class _Logits(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
-
-
 def _check_output(output: str) -> None:
     if output not in OUTPUT_KINDS:
         raise ConfigError(f"ONNX output must be one of {', '.join(OUTPUT_KINDS)}, got {output!r}")
+
+
+def check_opset(opset: int) -> int:
+    """``opset`` if this installation can write it, else a ConfigError saying which ones it can."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ConfigError(f"ONNX opset {opset} cannot be written here: choose {MIN_OPSET}..{newest}")
+    return opset
+
+
+def _written_opset(proto: Any) -> Optional[int]:
+    return next((op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")), None)
 
 
 def model_fingerprint(model: NIMA, *, opset: int = DEFAULT_OPSET, output: str = "probabilities") -> str:
@@ -135,12 +145,12 @@ def export_onnx(
         import onnx
     except ImportError as exc:
         raise ConfigError("ONNX export needs the 'onnx' extra: pip install 'beholder[onnx]'") from exc
-    from beholder.runtimes import fuse_conv_bn  # here: runtimes imports this module lazily too
+    check_opset(opset)
 
     path = Path(path)
     folded = copy.deepcopy(model).cpu().float().eval()
     fuse_conv_bn(folded)
-    wrapped = (_WithSoftmax if output == "probabilities" else _Logits)(folded).eval()
+    wrapped = (_WithSoftmax(folded) if output == "probabilities" else folded).eval()
     height, width = model.preprocessing.input_size
     example = torch.zeros(_EXAMPLE_BATCH, 3, height, width)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -154,7 +164,7 @@ def export_onnx(
                 output_names=[output],
                 opset_version=opset,
                 dynamo=True,
-                dynamic_shapes={"images": {0: batch}},
+                dynamic_shapes=({0: batch},),  # by position: NIMA.forward names its input x
                 verbose=False,
             )
     except ImportError as exc:  # the torch.export-based exporter needs onnxscript
@@ -162,6 +172,9 @@ def export_onnx(
             f"ONNX export needs the 'onnx' extra ({exc}): pip install 'beholder[onnx]'"
         ) from exc
     proto = program.model_proto
+    written = _written_opset(proto)
+    if written != opset:  # the exporter's down-conversion is best-effort and silent when it fails
+        raise ConfigError(f"ONNX opset {opset} was asked for, but the exporter wrote opset {written}")
     metadata = {
         "format_version": str(METADATA_VERSION),
         "version": __version__,
@@ -223,20 +236,6 @@ def load_onnx_metadata(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         proto = onnx.load_model(os.fspath(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several types for a file that is not ONNX
         raise ConfigError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
-    raw = {
-        entry.key[len(METADATA_PREFIX) :]: entry.value
-        for entry in proto.metadata_props
-        if entry.key.startswith(METADATA_PREFIX)
-    }
-    missing = [key for key in ("architecture", "preprocessing", "output") if key not in raw]
-    if missing:
-        raise ConfigError(f"{path}: not a Beholder ONNX export (no metadata {', '.join(missing)})")
-    metadata: Dict[str, Any] = dict(raw)
-    for key in ("architecture", "preprocessing", "provenance", "input", "scores"):
-        if key in raw:
-            try:
-                metadata[key] = json.loads(raw[key])
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}: metadata {METADATA_PREFIX}{key} is not valid JSON") from exc
-    metadata["opset"] = next((op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")), None)
+    metadata = parse_metadata({entry.key: entry.value for entry in proto.metadata_props}, str(path))
+    metadata["opset"] = _written_opset(proto)
     return metadata

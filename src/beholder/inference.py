@@ -1,97 +1,180 @@
-"""Score images: files, bytes or PIL images -> rating distributions, means and standard deviations.
+"""The scoring core: images -> rating distributions, means, stds and AVA percentiles.
 
-The :class:`Scorer` decodes and preprocesses images on a thread pool while the model runs on the
-previous batch (PIL releases the GIL while decoding and resizing, so threads overlap with the
-model without the start-up cost of worker processes). Inputs that fail to load get a per-item
-error; the rest are still scored, in input order.
+One home for what every consumer of scores shares: :class:`ScoreResult` (and its JSON form),
+:func:`collect` (a batch's per-item outcomes -> results and model inputs, the one per-item error
+mapping), :func:`fill_scores` (model outputs -> scores; a non-finite output is a per-item error),
+:func:`rank` (best mean first, failures last) and :func:`results_json` (strict JSON). The CLI, the
+HTTP service and culling all go through them.
+
+The :class:`Scorer` decodes and preprocesses images on a thread pool
+(:func:`beholder.preprocessing.load_input`: PIL and numpy) while the model runs on the previous
+batch. Inputs that fail to load get a per-item error; the rest are still scored, in input order.
+
+With ONNX Runtime, scoring a registered model or a checkpoint whose export is cached imports no
+torch at all: the cache is keyed by the weights file's hash (see :mod:`beholder.onnx_cache`).
 """
 
 from __future__ import annotations
 
-import glob
+import json
 import logging
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
+from beholder.defaults import DEFAULT_MODEL
 from beholder.errors import ConfigError, ImageLoadError
-from beholder.imageio import DEFAULT_MAX_PIXELS, ImageSource, describe, is_image_file, open_image
-from beholder.metrics import distribution_mean, distribution_std
-from beholder.models import DEFAULT_MODEL, NIMA, create_model, load_checkpoint
-from beholder.preprocessing import Preprocessing, build_eval_transform
-from beholder.runtimes import create_runtime
+from beholder.imageio import DEFAULT_MAX_PIXELS, ImageSource, describe
+from beholder.onnx_model import DEFAULT_OPSET
+from beholder.preprocessing import DEFAULT_FIDELITY, FIDELITIES, Preprocessing, load_input
+from beholder.ratings import distribution_mean, distribution_std
+from beholder.runtimes import (
+    ONNX_RUNTIMES,
+    check_available,
+    create_runtime,
+    resolve_runtime_name,
+    runtime_for_file,
+)
+
+if TYPE_CHECKING:
+    from beholder.models.nima import NIMA
 
 log = logging.getLogger(__name__)
+
+#: The per-item error of a model output that is NaN or infinite.
+NOT_FINITE = "model output is not finite"
+_OWN_LIMIT = object()  # Scorer.preprocess: "use the scorer's max_pixels" (None means no limit)
 
 
 @dataclass
 class ScoreResult:
-    """The score of one input, or why it could not be scored."""
+    """The score of one input, or why it could not be scored.
+
+    ``percentile`` is the share of AVA photos (0..100) whose mean rating is below ``mean``.
+    """
 
     path: str
     mean: Optional[float] = None
     std: Optional[float] = None
-    distribution: Optional[List[float]] = None
+    percentile: Optional[float] = None
+    distribution: Optional[list[float]] = None
     error: Optional[str] = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        return {"path": self.path, "mean": self.mean, "std": self.std, "distribution": self.distribution}
+        return {
+            "path": self.path,
+            "mean": self.mean,
+            "std": self.std,
+            "percentile": self.percentile,
+            "distribution": self.distribution,
+        }
 
 
-def expand_inputs(patterns: Sequence[Union[str, os.PathLike]]) -> List[str]:
-    """Expand files, directories (recursively, image suffixes only, sorted) and glob patterns.
+def rank(results: Iterable[ScoreResult]) -> list[ScoreResult]:
+    """Best mean first; failed inputs last, in input order (``sorted`` is stable)."""
+    return sorted(results, key=lambda r: (r.error is not None, -(r.mean or 0.0)))
 
-    A path that does not exist and matches nothing is kept as is, so that it is reported as a
-    per-file error ("file not found") rather than silently dropped.
+
+def results_json(results: Iterable[ScoreResult], indent: Optional[int] = 2) -> str:
+    """Strict JSON (never NaN or Infinity; :func:`fill_scores` turns those into errors)."""
+    return json.dumps([r.to_dict() for r in results], indent=indent, allow_nan=False)
+
+
+def error_message(exc: BaseException) -> str:
+    """The per-item error text of a failed input."""
+    if isinstance(exc, ImageLoadError):
+        return exc.problem
+    return f"{type(exc).__name__}: {exc}"
+
+
+def collect(outcomes: Iterable[tuple[str, Any]]) -> tuple[list[ScoreResult], list[np.ndarray]]:
+    """(label, model input or the exception that replaced it) pairs -> results and the inputs to score.
+
+    A failure on one odd image must not lose the batch: it becomes that item's ``error``.
     """
-    paths: List[str] = []
-    for pattern in patterns:
-        text = os.fspath(pattern)
-        path = Path(text)
-        if path.is_dir():
-            paths.extend(
-                str(p)
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and is_image_file(p) and not p.name.startswith(".")
-            )
-        elif path.exists():
-            paths.append(text)
-        elif glob.has_magic(text):
-            paths.extend(sorted(p for p in glob.glob(text, recursive=True) if Path(p).is_file()))
+    results: list[ScoreResult] = []
+    inputs: list[np.ndarray] = []
+    for label, outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, Exception):  # KeyboardInterrupt, CancelledError: not the item's
+                raise outcome
+            if not isinstance(outcome, ImageLoadError):
+                log.debug("preprocessing failed for %s", label, exc_info=outcome)
+            results.append(ScoreResult(path=label, error=error_message(outcome)))
         else:
-            paths.append(text)
-    return paths
+            results.append(ScoreResult(path=label))
+            inputs.append(outcome)
+    return results, inputs
+
+
+def fill_scores(results: Sequence[ScoreResult], probabilities: np.ndarray) -> None:
+    """Give the results without an error, in order, their row of (n, 10) ``probabilities``.
+
+    A row with a NaN or infinite value becomes that item's error (:data:`NOT_FINITE`).
+    """
+    from beholder.percentiles import percentile
+
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    finite = np.isfinite(probabilities).all(axis=-1)
+    safe = np.where(finite[:, None], probabilities, 0.0)  # no NaN warnings from the moments below
+    means, stds = distribution_mean(safe), distribution_std(safe)
+    percentiles = percentile(means)
+    rows = iter(range(len(probabilities)))
+    for result in results:
+        if result.error is not None:
+            continue
+        i = next(rows)
+        if not finite[i]:
+            result.error = NOT_FINITE
+            continue
+        result.mean, result.std = float(means[i]), float(stds[i])
+        result.percentile = round(float(percentiles[i]), 2)
+        result.distribution = [float(v) for v in probabilities[i]]
+
+
+def _outcome(future: Future) -> Any:
+    exc = future.exception()
+    return exc if exc is not None else future.result()
 
 
 class Scorer:
     """Turns images into NIMA rating distributions with a model and its declared preprocessing.
 
+    Build it from a model (``Scorer(model, runtime=...)``), or with :meth:`from_pretrained`,
+    :meth:`from_checkpoint` or :meth:`from_onnx`.
+
     Args:
-        model: a NIMA model (its ``preprocessing`` decides how images are resized and normalised).
+        model: a NIMA model (its ``preprocessing`` decides how images are resized and normalised);
+            or None with ``engine``.
         runtime: 'torch' (default), or another name registered in :mod:`beholder.runtimes`.
         device: torch device for the torch runtime (default: CUDA if available, else CPU).
         batch_size: images per model call.
         workers: decoding threads (default: twice the CPUs, at most 8; decoding competes with the
             model for cores, and more threads give it a fairer share).
         max_pixels: refuse larger images (decompression-bomb guard).
+        fidelity: 'exact' (reproduces the reference model) or 'fast' (reduced JPEG decode of large
+            photos; see docs/speed.md).
+        engine: an already built runtime that carries its ``preprocessing`` and ``architecture``
+            (an ONNX file's runtime), instead of ``model``.
+
+    ``runtime_name`` is the engine that actually runs ('onnx', never 'auto').
     """
 
     def __init__(
         self,
-        model: NIMA,
+        model: Optional[NIMA] = None,
         *,
         runtime: str = "torch",
         device: Optional[str] = None,
@@ -99,44 +182,145 @@ class Scorer:
         workers: Optional[int] = None,
         max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
         name: Optional[str] = None,
+        fidelity: str = DEFAULT_FIDELITY,
+        engine: Optional[Callable[[Any], np.ndarray]] = None,
     ):
+        if (model is None) == (engine is None):
+            raise ConfigError("a Scorer needs a model or a runtime engine (one of them)")
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        if fidelity not in FIDELITIES:
+            raise ConfigError(f"fidelity must be one of {', '.join(FIDELITIES)}, got {fidelity!r}")
         self.model = model
+        self.runtime = engine if engine is not None else create_runtime(runtime, model, device=device)
+        self.runtime_name: str = getattr(self.runtime, "name", runtime)
+        described = model if model is not None else self.runtime
+        self.preprocessing: Preprocessing = described.preprocessing
+        self.architecture = described.architecture
         self.name = name or "custom"
-        self.preprocessing: Preprocessing = model.preprocessing
-        self.transform = build_eval_transform(self.preprocessing)
-        self.draft_size = self.preprocessing.draft_size()
+        self.fidelity = fidelity
+        #: The JPEG draft size the fidelity allows (None: full-size decode), for callers that decode.
+        self.draft_size = self.preprocessing.fidelity_draft_size(fidelity)
         self.batch_size = batch_size
         self.workers = max(1, workers if workers is not None else min(8, 2 * (os.cpu_count() or 1)))
         self.max_pixels = max_pixels
-        self.runtime_name = runtime
-        self.runtime = create_runtime(runtime, model, device=device)
 
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(
-        cls, name: str = DEFAULT_MODEL, *, weights: Optional[Union[str, os.PathLike]] = None, **kwargs: Any
-    ) -> "Scorer":
-        """A scorer for a registered model (see ``beholder models``); downloads weights if needed."""
-        return cls(create_model(name, weights=weights), name=name, **kwargs)
+        cls,
+        name: str = DEFAULT_MODEL,
+        *,
+        weights: Optional[Union[str, os.PathLike]] = None,
+        runtime: str = "torch",
+        device: Optional[str] = None,
+        **kwargs: Any,
+    ) -> Scorer:
+        """A scorer for a registered model (see ``beholder models``); downloads weights if needed.
+
+        With an ONNX runtime ('onnx', 'openvino', or 'auto' on a CPU) the model is exported once
+        into the ONNX cache; later scorers load that file without importing torch.
+        """
+        from beholder.models.registry import get_model_spec
+
+        spec = get_model_spec(name)
+
+        def build() -> NIMA:
+            from beholder.models import create_model
+
+            return create_model(name, weights=weights)
+
+        def identity() -> dict[str, Any]:
+            return {
+                "model": name,
+                "weights_sha256": _weights_sha256(spec, weights),
+                "architecture": spec.architecture.to_dict(),
+                "preprocessing": spec.preprocessing.to_dict(),
+            }
+
+        provenance = {"weights": spec.weights.to_dict(), "trained_on": spec.trained_on}
+        return cls._build(name, build, identity, provenance, runtime=runtime, device=device, **kwargs)
 
     @classmethod
-    def from_checkpoint(cls, path: Union[str, os.PathLike], **kwargs: Any) -> "Scorer":
+    def from_checkpoint(
+        cls,
+        path: Union[str, os.PathLike],
+        *,
+        runtime: str = "torch",
+        device: Optional[str] = None,
+        **kwargs: Any,
+    ) -> Scorer:
         """A scorer for a checkpoint written by ``beholder train`` (it carries its preprocessing)."""
-        model, _ = load_checkpoint(path)
-        return cls(model, name=str(path), **kwargs)
+        from beholder.weights import sha256_file
+
+        def build() -> NIMA:
+            from beholder.models.checkpoint import load_checkpoint
+
+            return load_checkpoint(path)[0]
+
+        def identity() -> dict[str, Any]:
+            if not Path(path).is_file():
+                raise ConfigError(f"checkpoint not found: {path}")
+            return {"checkpoint_sha256": sha256_file(path)}
+
+        return cls._build(str(path), build, identity, {}, runtime=runtime, device=device, **kwargs)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: Union[str, os.PathLike],
+        *,
+        runtime: str = "auto",
+        device: Optional[str] = None,
+        **kwargs: Any,
+    ) -> Scorer:
+        """A scorer for an ONNX file written by ``beholder export`` (or by anyone, with its metadata).
+
+        The file is run on probe images first and refused, with a ConfigError naming it, when its
+        graph does not match its metadata (see :func:`beholder.onnx_model.check_model_outputs`).
+        """
+        engine = runtime_for_file(runtime, path, device, verify=True)
+        name = kwargs.pop("name", None) or engine.metadata.get("model") or Path(path).name
+        return cls(engine=engine, name=name, **kwargs)
+
+    @classmethod
+    def _build(
+        cls,
+        name: str,
+        build: Callable[[], NIMA],
+        identity: Callable[[], dict[str, Any]],
+        provenance: dict[str, Any],
+        *,
+        runtime: str,
+        device: Optional[str],
+        **kwargs: Any,
+    ) -> Scorer:
+        resolved = resolve_runtime_name(runtime, device)
+        check_available(resolved, runtime)
+        if resolved in ONNX_RUNTIMES:
+            engine = _cached_engine(
+                resolved, build, identity, name, provenance, device, auto=runtime == "auto"
+            )
+            if engine is not None:
+                return cls(engine=engine, name=name, **kwargs)
+            resolved = "torch"  # 'auto' without an exporter and nothing cached
+        return cls(build(), runtime=resolved, device=device, name=name, **kwargs)
 
     # -- scoring -----------------------------------------------------------------------------
 
-    def preprocess(self, source: ImageSource, name: Optional[str] = None) -> torch.Tensor:
-        """Load one image and turn it into the model's (3, H, W) input tensor."""
-        image = open_image(source, name=name, max_pixels=self.max_pixels, draft_size=self.draft_size)
-        return self.transform(image)
+    def preprocess(
+        self, source: ImageSource, name: Optional[str] = None, *, max_pixels: Any = _OWN_LIMIT
+    ) -> np.ndarray:
+        """Load one image and turn it into the model's (3, H, W) float32 input.
 
-    def predict(self, batch: torch.Tensor) -> np.ndarray:
-        """(B, 3, H, W) preprocessed batch -> (B, 10) probabilities."""
+        ``max_pixels`` (an int, or None for no limit) overrides the scorer's (the service has its own).
+        """
+        limit = self.max_pixels if max_pixels is _OWN_LIMIT else max_pixels
+        return load_input(source, self.preprocessing, name=name, max_pixels=limit, fidelity=self.fidelity)
+
+    def predict(self, batch: Any) -> np.ndarray:
+        """(B, 3, H, W) preprocessed batch (array or tensor) -> (B, 10) probabilities."""
         return self.runtime(batch)
 
     def iter_score(
@@ -147,11 +331,13 @@ class Scorer:
         progress: bool = False,
     ) -> Iterator[ScoreResult]:
         """Score inputs lazily, yielding one :class:`ScoreResult` per input, in input order."""
+        from beholder.files import progress_bar
+
         items = inputs if isinstance(inputs, Sequence) else list(inputs)
         labels = iter(names) if names is not None else None
-        bar = tqdm(total=len(items), unit="img", desc="scoring", disable=not progress, leave=False)
-        pending: Deque[Tuple[str, Future]] = deque()
+        pending: deque[tuple[str, Future]] = deque()
         window = 2 * self.batch_size  # decode ahead by one batch while the model runs
+        bar = progress_bar(progress, total=len(items), unit="img", desc="scoring", leave=False)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="beholder-decode") as pool, bar:
             source_iter = iter(items)
             exhausted = False
@@ -167,7 +353,10 @@ class Scorer:
                 if not pending:
                     break
                 chunk = [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
-                yield from self._score_chunk(chunk)
+                results, batch = collect((label, _outcome(future)) for label, future in chunk)
+                if batch:
+                    fill_scores(results, self.predict(np.stack(batch)))
+                yield from results
                 bar.update(len(chunk))
 
     def score(
@@ -176,35 +365,60 @@ class Scorer:
         *,
         names: Optional[Sequence[str]] = None,
         progress: bool = False,
-    ) -> List[ScoreResult]:
+    ) -> list[ScoreResult]:
         """Score one input or many (paths, bytes, file objects or PIL images); see :meth:`iter_score`."""
         if isinstance(inputs, (str, os.PathLike, bytes)) or not isinstance(inputs, Iterable):
             inputs = [inputs]
         return list(self.iter_score(list(inputs), names=names, progress=progress))
 
-    def _score_chunk(self, chunk: List[Tuple[str, Future]]) -> Iterator[ScoreResult]:
-        tensors: List[torch.Tensor] = []
-        results: List[ScoreResult] = []
-        for label, future in chunk:
-            try:
-                tensors.append(future.result())
-                results.append(ScoreResult(path=label))
-            except ImageLoadError as exc:
-                results.append(ScoreResult(path=label, error=exc.problem))
-            except Exception as exc:  # a transform failure on one odd image must not lose the batch
-                log.debug("preprocessing failed for %s", label, exc_info=True)
-                results.append(ScoreResult(path=label, error=f"{type(exc).__name__}: {exc}"))
-        if tensors:
-            fill_scores(results, self.predict(torch.stack(tensors)))
-        yield from results
+
+def _weights_sha256(spec: Any, weights: Optional[Union[str, os.PathLike]]) -> str:
+    """The sha256 of the file a registered model's weights come from (hashed, never trusted by name)."""
+    from beholder.weights import resolve_weights, sha256_file
+
+    if weights is None and spec.packaged_file is not None:
+        return sha256_file(spec.packaged_file)  # a damaged file gets another key, and fails to load
+    return sha256_file(resolve_weights(spec.weights, weights))
 
 
-def fill_scores(results: Sequence[ScoreResult], probabilities: np.ndarray) -> None:
-    """Give the results without an error, in order, their row of (n, 10) ``probabilities``."""
-    means, stds = distribution_mean(probabilities), distribution_std(probabilities)
-    rows = iter(range(len(probabilities)))
-    for result in results:
-        if result.error is None:
-            i = next(rows)
-            result.mean, result.std = float(means[i]), float(stds[i])
-            result.distribution = [float(v) for v in probabilities[i]]
+def _cached_engine(
+    runtime: str,
+    build: Callable[[], NIMA],
+    identity: Callable[[], dict[str, Any]],
+    name: str,
+    provenance: dict[str, Any],
+    device: Optional[str],
+    *,
+    auto: bool,
+) -> Optional[Any]:
+    """The ONNX runtime on the cached export of the model ``build`` makes; exported on a miss.
+
+    None when ``auto`` and nothing is cached and this installation cannot export (no onnx package).
+    """
+    from beholder.onnx_cache import OnnxCache, source_key
+    from beholder.runtimes import exporter_available
+
+    cache = OnnxCache()
+    key = source_key(**identity(), opset=DEFAULT_OPSET, output="probabilities")
+    path = cache.lookup(key)
+    if path is not None:
+        return ONNX_RUNTIMES[runtime].from_file(path, device, verify=False)  # its hash was just checked
+    if auto and not exporter_available():
+        log.info("runtime auto -> torch: nothing cached, and exporting to ONNX needs the 'onnx' extra")
+        return None
+    from beholder.export import export_onnx
+
+    model = build()
+    # A warning so that the CLI shows it: the first run pauses for the export, once.
+    log.warning(
+        "first use of %s with runtime %s: exporting it to ONNX once (later runs load it from %s)",
+        name,
+        runtime,
+        cache.folder,
+    )
+    path = cache.store(
+        key, lambda target: export_onnx(model, target, name=name, provenance=provenance, check=False)
+    )
+    # Not probed (verify=False): the file is our own export, and an untrained model, which gives every
+    # image the same scores, must still run; users' files are probed (Scorer.from_onnx).
+    return ONNX_RUNTIMES[runtime].from_file(path, device, verify=False)

@@ -1,20 +1,21 @@
 """Inference runtimes: run a NIMA model on a preprocessed batch and return probabilities.
 
 A runtime is a callable ``(batch: float32 array or tensor of shape (B, 3, H, W)) -> (B, 10)
-probabilities as a numpy array``. The scorer, the evaluator and the HTTP service only talk to
-this interface, so a faster engine slots in without touching them.
+probabilities as a numpy array`` with a ``name``. The scorer, the evaluator and the HTTP service
+only talk to this interface, so a faster engine slots in without touching them.
 
 Runtimes:
 
 * ``torch``: eager PyTorch with BatchNorm folded and channels-last memory (always available);
-* ``onnx``: ONNX Runtime on the model exported by :func:`beholder.export.export_onnx`;
-* ``openvino``: OpenVINO on the same ONNX file, at fp32 (``INFERENCE_PRECISION_HINT``: on CPUs
+* ``onnx``: ONNX Runtime on the model's ONNX export, or on an ONNX file (:meth:`from_file`);
+* ``openvino``: OpenVINO on the same file, at fp32 (``INFERENCE_PRECISION_HINT``: on CPUs
   with bf16 units OpenVINO would otherwise silently run in bf16);
 * ``auto``: the fastest one installed (see :data:`AUTO_PREFERENCE`).
 
-``onnx`` and ``openvino`` are registered only when their packages import. They export the model
-on first use into ``$BEHOLDER_CACHE/onnx/<sha256 of weights, architecture, preprocessing>.onnx``
-and reuse that file afterwards.
+Runtimes are registered by whether their package can be found (``importlib.util.find_spec``) and
+the package is imported only when the runtime is built: importing this module costs no torch,
+onnx, onnxruntime or openvino. ``onnx`` and ``openvino`` export a model on first use into the
+verified cache of :mod:`beholder.onnx_cache` and reuse that file afterwards.
 """
 
 from __future__ import annotations
@@ -23,44 +24,24 @@ import copy
 import importlib.util
 import logging
 import os
-import tempfile
+import sys
 import threading
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from beholder.errors import ConfigError
-from beholder.models.nima import NIMA
+from beholder.onnx_model import check_model_outputs, parse_metadata
+
+if TYPE_CHECKING:
+    import torch
+
+    from beholder.models.nima import NIMA
 
 log = logging.getLogger(__name__)
 
-Batch = Union[np.ndarray, torch.Tensor]
-
-
-def fuse_conv_bn(model: nn.Module) -> int:
-    """Fold every BatchNorm that directly follows a Conv2d inside an ``nn.Sequential`` into the conv.
-
-    Inference-only (uses running statistics). On the Keras MobileNet this removes 27 BatchNorm
-    passes over the activations, about 1.5x faster on CPU. Returns the number of pairs fused.
-    Only plain ``nn.BatchNorm2d`` is folded: subclasses may do more (timm's ``BatchNormAct2d``
-    applies an activation too), which replacing them with ``Identity`` would lose.
-    """
-    fused = 0
-    for module in model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = [name for name, _ in module.named_children()]
-        for first, second in zip(names, names[1:]):
-            conv, bn = getattr(module, first), getattr(module, second)
-            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
-                setattr(module, first, fuse_conv_bn_eval(conv, bn))
-                setattr(module, second, nn.Identity())
-                fused += 1
-    return fused
+Batch = Union[np.ndarray, "torch.Tensor"]
 
 
 class TorchRuntime:
@@ -71,6 +52,10 @@ class TorchRuntime:
     def __init__(
         self, model: NIMA, device: Optional[str] = None, channels_last: bool = True, fuse: bool = True
     ):
+        import torch
+
+        from beholder.models.fusion import fuse_conv_bn
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = copy.deepcopy(model).eval()
         if fuse:
@@ -80,6 +65,8 @@ class TorchRuntime:
         self.model = model.to(self.device, memory_format=self.memory_format)
 
     def __call__(self, batch: Batch) -> np.ndarray:
+        import torch
+
         tensor = torch.as_tensor(batch).to(self.device, memory_format=self.memory_format, non_blocking=True)
         with torch.inference_mode():
             probabilities = torch.softmax(self.model(tensor).float(), dim=-1)  # (B, 10)
@@ -95,7 +82,8 @@ def _cpu_threads() -> int:
 
 
 def _as_float32_numpy(batch: Batch) -> np.ndarray:
-    if isinstance(batch, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is already imported
+    if torch is not None and isinstance(batch, torch.Tensor):
         batch = batch.detach().to("cpu", torch.float32).numpy()
     return np.ascontiguousarray(batch, dtype=np.float32)
 
@@ -106,46 +94,30 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def onnx_cache_dir() -> Path:
-    """Where runtimes keep exported ONNX files: ``$BEHOLDER_CACHE/onnx``."""
-    from beholder.weights import cache_dir
-
-    return cache_dir() / "onnx"
+def exporter_available() -> bool:
+    """Whether a model can be exported here (torch's exporter needs onnx and onnxscript)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
 
 
 def exported_onnx(model: NIMA, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
-    """The model as an ONNX file (probabilities output), exported once and cached by content hash.
+    """The model as an ONNX file (probabilities output), exported once and cached by fingerprint.
 
-    The cache key covers the weights, architecture, preprocessing and exporter versions, so a
-    retrained model never picks up a stale file. If the cache is not writable (a read-only
-    container, say), the file goes to a fresh temporary directory instead.
+    The key covers the weights, architecture, preprocessing and exporter versions, so a retrained
+    model never picks up a stale file; the entry's content hash is checked on every use.
     """
     from beholder.export import export_onnx, model_fingerprint
+    from beholder.onnx_cache import OnnxCache
 
-    folder = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
-    path = folder / f"{model_fingerprint(model)}.onnx"
-    if path.is_file():
-        log.debug("using cached ONNX export %s", path)
-        return path
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        return export_onnx(model, path, check=False)
-    except OSError as exc:
-        fallback = Path(tempfile.mkdtemp(prefix="beholder-onnx-")) / path.name
-        log.warning("cannot write the ONNX cache %s (%s); exporting to %s", folder, exc, fallback)
-        return export_onnx(model, fallback, check=False)
+    return OnnxCache(cache_dir).get(
+        model_fingerprint(model), lambda path: export_onnx(model, path, check=False)
+    )
 
 
-def _onnx_output_kind(path: Path) -> str:
-    from beholder.export import load_onnx_metadata
+class _OnnxFileRuntime:
+    """What the engines that run an ONNX file share: the file, its metadata, threads, the checks.
 
-    return load_onnx_metadata(path)["output"]
-
-
-class _ExportedModelRuntime:
-    """What the engines that run the model's ONNX export share: the file, its output kind, threads.
-
-    Subclasses check their device first (cheap), then call ``super().__init__`` (may export).
+    Subclasses check their device first (cheap), then call ``super().__init__`` (may export),
+    then load the file and call :meth:`_loaded`.
     """
 
     name = "exported"
@@ -163,19 +135,50 @@ class _ExportedModelRuntime:
                 f"runtime {self.name!r} needs a model or the path of an exported ONNX file (one of them)"
             )
         self.path = Path(path) if path is not None else exported_onnx(model, cache_dir)
-        self.output = _onnx_output_kind(self.path)
+        if not self.path.is_file():
+            raise ConfigError(f"ONNX file not found: {self.path}")
         self.threads = threads or _cpu_threads()
+        self.metadata: dict[str, Any] = {}
+
+    def _loaded(self, raw_metadata: dict[str, str], verify: bool) -> None:
+        self.metadata = parse_metadata(raw_metadata, str(self.path))
+        self.output = self.metadata["output"]
+        if verify:
+            check_model_outputs(self._run, self.metadata, str(self.path))
+
+    @property
+    def preprocessing(self):
+        from beholder.preprocessing import Preprocessing
+
+        return Preprocessing.from_dict(self.metadata["preprocessing"])
+
+    @property
+    def architecture(self):
+        from beholder.models.architecture import Architecture
+
+        return Architecture.from_dict(self.metadata["architecture"])
 
     @classmethod
-    def from_file(cls, path: Union[str, os.PathLike], device: Optional[str] = None, **kwargs):
-        """Run an ONNX file written by :func:`beholder.export.export_onnx`."""
-        return cls(None, device, path=path, **kwargs)
+    def from_file(
+        cls, path: Union[str, os.PathLike], device: Optional[str] = None, *, verify: bool = False, **kwargs
+    ):
+        """Run an ONNX file written by :func:`beholder.export.export_onnx`.
 
-    def _probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        ``verify`` runs it on probe images first and refuses a file whose graph does not match its
+        metadata (see :func:`beholder.onnx_model.check_model_outputs`); ``Scorer.from_onnx`` and
+        ``beholder score --onnx`` do, for users' files.
+        """
+        return cls(None, device, path=path, verify=verify, **kwargs)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        outputs = self._run(_as_float32_numpy(batch))
         return outputs if self.output == "probabilities" else _softmax(outputs)  # (B, 10)
 
 
-class OnnxRuntime(_ExportedModelRuntime):
+class OnnxRuntime(_OnnxFileRuntime):
     """ONNX Runtime (CPU, or CUDA with onnxruntime-gpu) on the model's cached ONNX export.
 
     Args:
@@ -184,6 +187,7 @@ class OnnxRuntime(_ExportedModelRuntime):
         threads: intra-op threads (default: the CPUs this process may use). Threads do not spin
             while idle, because the Scorer decodes images on the same cores between model calls.
         cache_dir: where exports are cached (default ``$BEHOLDER_CACHE/onnx``).
+        verify: check the graph against its metadata on probe images (users' files).
     """
 
     name = "onnx"
@@ -196,6 +200,7 @@ class OnnxRuntime(_ExportedModelRuntime):
         threads: Optional[int] = None,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         path: Optional[Union[str, os.PathLike]] = None,
+        verify: bool = False,
     ):
         import onnxruntime as ort
 
@@ -215,16 +220,21 @@ class OnnxRuntime(_ExportedModelRuntime):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle threads sleep instead of spinning: the Scorer decodes images on the same cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(os.fspath(self.path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(os.fspath(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+            raise ConfigError(f"{self.path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
         self.input_name = self.session.get_inputs()[0].name
+        # The metadata straight from the session: reading it with the onnx package costs 1 s of imports.
+        self._loaded(dict(self.session.get_modelmeta().custom_metadata_map), verify)
 
-    def __call__(self, batch: Batch) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         # InferenceSession.run is thread-safe; no lock needed.
-        (outputs,) = self.session.run(None, {self.input_name: _as_float32_numpy(batch)})
-        return self._probabilities(outputs)
+        (outputs,) = self.session.run(None, {self.input_name: batch})
+        return outputs
 
 
-class OpenVinoRuntime(_ExportedModelRuntime):
+class OpenVinoRuntime(_OnnxFileRuntime):
     """OpenVINO (CPU plugin, fp32) on the model's cached ONNX export.
 
     Args:
@@ -233,6 +243,7 @@ class OpenVinoRuntime(_ExportedModelRuntime):
             are passed through when OpenVINO lists them.
         threads: inference threads (default: the CPUs this process may use).
         cache_dir: where exports are cached (default ``$BEHOLDER_CACHE/onnx``).
+        verify: check the graph against its metadata on probe images (users' files).
     """
 
     name = "openvino"
@@ -245,6 +256,7 @@ class OpenVinoRuntime(_ExportedModelRuntime):
         threads: Optional[int] = None,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         path: Optional[Union[str, os.PathLike]] = None,
+        verify: bool = False,
     ):
         import openvino as ov
 
@@ -262,58 +274,76 @@ class OpenVinoRuntime(_ExportedModelRuntime):
         }
         if self.device == "CPU":
             config["INFERENCE_NUM_THREADS"] = self.threads
-        self.compiled = core.compile_model(core.read_model(os.fspath(self.path)), self.device, config)
+        try:
+            graph = core.read_model(os.fspath(self.path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for a bad file
+            raise ConfigError(f"{self.path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+        self.compiled = core.compile_model(graph, self.device, config)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time
+        self._loaded(_onnx_metadata_props(self.path), verify)
 
-    def __call__(self, batch: Batch) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
-            result = self._request.infer({0: _as_float32_numpy(batch)})
-            outputs = np.array(result[0], dtype=np.float32, copy=True)  # the request reuses its buffer
-        return self._probabilities(outputs)
+            result = self._request.infer({0: batch})
+            return np.array(result[0], dtype=np.float32, copy=True)  # the request reuses its buffer
+
+
+def _onnx_metadata_props(path: Path) -> dict[str, str]:
+    """A file's raw ``metadata_props`` through the onnx package (OpenVINO does not expose them)."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ConfigError(
+            "runtime 'openvino' reads ONNX metadata with the 'onnx' package: pip install onnx"
+        ) from exc
+    try:
+        proto = onnx.load_model(os.fspath(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several types for a file that is not ONNX
+        raise ConfigError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+    return {entry.key: entry.value for entry in proto.metadata_props}
+
+
+#: Runtimes that run an ONNX file (exported from a model, or given by the user).
+ONNX_RUNTIMES: dict[str, type[_OnnxFileRuntime]] = {"onnx": OnnxRuntime, "openvino": OpenVinoRuntime}
+#: The package each ONNX runtime needs.
+_RUNTIME_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def _registered() -> dict[str, Callable[..., Callable[[Batch], np.ndarray]]]:
+    found: dict[str, Callable[..., Callable[[Batch], np.ndarray]]] = {"torch": TorchRuntime}
+    for name, package in _RUNTIME_PACKAGES.items():
+        if importlib.util.find_spec(package) is not None:
+            found[name] = ONNX_RUNTIMES[name]
+        else:
+            log.debug("%s not installed: runtime %s unavailable", package, name)
+    return found
 
 
 #: name -> factory(model, device) for every runtime this installation supports.
-RUNTIMES: Dict[str, Callable[..., Callable[[Batch], np.ndarray]]] = {"torch": TorchRuntime}
-
-
-def _register_optional() -> None:
-    # Export needs onnx and onnxscript (torch's exporter); each engine needs its own package too.
-    # onnxscript is only looked up, not imported: importing it costs 0.3 s that `beholder score`
-    # with the torch runtime should not pay; the exporter imports it when it runs.
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        log.debug("onnx not installed: runtimes onnx and openvino unavailable")
-        return
-    if importlib.util.find_spec("onnxscript") is None:
-        log.debug("onnxscript not installed: runtimes onnx and openvino unavailable")
-        return
-    try:
-        import onnxruntime  # noqa: F401
-
-        RUNTIMES["onnx"] = OnnxRuntime
-    except ImportError:
-        log.debug("onnxruntime not installed: runtime onnx unavailable")
-    try:
-        import openvino  # noqa: F401
-
-        RUNTIMES["openvino"] = OpenVinoRuntime
-    except ImportError:
-        log.debug("openvino not installed: runtime openvino unavailable")
-
-
-_register_optional()
+RUNTIMES: dict[str, Callable[..., Callable[[Batch], np.ndarray]]] = _registered()
 
 #: What ``auto`` picks on CPU: the first of these that is installed. A fixed order rather than a
 #: measurement at start-up, so that a service starts fast and always picks the same engine; it
 #: follows benchmarks/score_throughput.py on a 2-core AVX-512 CPU (docs/deploy.md has figures).
-AUTO_PREFERENCE: Tuple[str, ...] = ("onnx", "openvino", "torch")
+AUTO_PREFERENCE: tuple[str, ...] = ("onnx", "openvino", "torch")
 
 
-def available_runtimes() -> list:
+def available_runtimes() -> list[str]:
     """Names of the runtimes installed here (``auto`` not included)."""
     return list(RUNTIMES)
+
+
+def _accelerated(device: Optional[str]) -> bool:
+    """Whether ``device`` (or, when None, the default torch device) is not the CPU."""
+    if device:
+        return device.split(":")[0].lower() != "cpu"
+    # Without a driver there is no GPU: answer without importing torch (2 s) on CPU-only machines.
+    if not os.path.exists("/proc/driver/nvidia/version") and sys.platform.startswith("linux"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def resolve_runtime_name(name: str, device: Optional[str] = None) -> str:
@@ -324,28 +354,46 @@ def resolve_runtime_name(name: str, device: Optional[str] = None) -> str:
     """
     if name != "auto":
         return name
-    accelerated = device.split(":")[0].lower() != "cpu" if device else torch.cuda.is_available()
-    if accelerated:
+    if _accelerated(device):
         return "torch"
     return next(candidate for candidate in AUTO_PREFERENCE if candidate in RUNTIMES)
 
 
+def check_available(name: str, requested: Optional[str] = None) -> None:
+    """Raise ConfigError unless runtime ``name`` (resolved from ``requested``) is installed here."""
+    if name not in RUNTIMES:
+        raise ConfigError(
+            f"unknown or unavailable runtime {requested or name!r}; available here: "
+            f"{', '.join([*RUNTIMES, 'auto'])}"
+            + (" (install 'beholder[onnx]' or 'beholder[openvino]')" if name in ONNX_RUNTIMES else "")
+        )
+
+
 def create_runtime(name: str, model: NIMA, device: Optional[str] = None) -> Callable[[Batch], np.ndarray]:
-    """Build the runtime called ``name`` ('torch', 'onnx', 'openvino' or 'auto').
+    """Build the runtime called ``name`` ('torch', 'onnx', 'openvino' or 'auto') for ``model``.
 
     Raises:
         ConfigError: the name is unknown, or its package is not installed.
     """
     resolved = resolve_runtime_name(name, device)
-    if resolved not in RUNTIMES:
-        raise ConfigError(
-            f"unknown or unavailable runtime {name!r}; available here: {', '.join([*RUNTIMES, 'auto'])}"
-            + (
-                " (install 'beholder[onnx]' or 'beholder[openvino]')"
-                if resolved in ("onnx", "openvino")
-                else ""
-            )
-        )
+    check_available(resolved, name)
     if resolved != name:
         log.info("runtime auto -> %s", resolved)
     return RUNTIMES[resolved](model, device=device)
+
+
+def runtime_for_file(
+    name: str, path: Union[str, os.PathLike], device: Optional[str] = None, *, verify: bool = True
+) -> _OnnxFileRuntime:
+    """An ONNX runtime ('onnx', 'openvino' or 'auto') on the ONNX file at ``path``.
+
+    Raises:
+        ConfigError: the runtime cannot run ONNX files or is not installed, or the file is refused.
+    """
+    resolved = resolve_runtime_name(name, device)
+    if resolved == "torch" and name == "auto":  # a GPU: still run the file, with ONNX Runtime
+        resolved = next((n for n in AUTO_PREFERENCE if n in RUNTIMES and n in ONNX_RUNTIMES), "onnx")
+    if resolved not in ONNX_RUNTIMES:
+        raise ConfigError(f"an ONNX file runs with --runtime onnx, openvino or auto, not {name!r}")
+    check_available(resolved, name)
+    return ONNX_RUNTIMES[resolved].from_file(path, device, verify=verify)

@@ -38,7 +38,6 @@ from importlib import resources
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
@@ -47,9 +46,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from beholder import __version__
-from beholder.errors import ConfigError, ImageLoadError
-from beholder.imageio import open_image
-from beholder.inference import Scorer, ScoreResult, fill_scores
+from beholder.errors import ConfigError
+from beholder.inference import NOT_FINITE, Scorer, ScoreResult, collect, fill_scores, rank
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +130,7 @@ class BodyLimitMiddleware:
 
 @dataclass
 class _Job:
-    batch: torch.Tensor  # (n, 3, H, W)
+    batch: np.ndarray  # (n, 3, H, W) float32
     future: asyncio.Future
 
 
@@ -146,12 +144,12 @@ class MicroBatcher:
     """Collect preprocessed batches from concurrent requests into few model calls.
 
     Args:
-        predict: (B, 3, H, W) tensor -> (B, 10) probabilities; runs on one dedicated thread.
+        predict: (B, 3, H, W) float32 array -> (B, 10) probabilities; runs on one dedicated thread.
         max_batch: at most this many images per model call (larger submissions are split).
         window_s: how long the first waiting job waits for company before the call.
     """
 
-    def __init__(self, predict: Callable[[torch.Tensor], np.ndarray], *, max_batch: int, window_s: float):
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch: int, window_s: float):
         if max_batch < 1:
             raise ConfigError(f"max batch must be at least 1, got {max_batch}")
         self.predict, self.max_batch, self.window_s = predict, max_batch, max(0.0, window_s)
@@ -178,7 +176,7 @@ class MicroBatcher:
         """Jobs waiting for the model (for /healthz)."""
         return (self._queue.qsize() if self._queue is not None else 0) + (self._carry is not None)
 
-    async def submit(self, batch: torch.Tensor) -> np.ndarray:
+    async def submit(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (n, 10) for a preprocessed (n, 3, H, W) batch, computed with others'."""
         queue = self._ensure_started()
         loop = asyncio.get_running_loop()
@@ -213,7 +211,7 @@ class MicroBatcher:
             if not jobs:  # every requester timed out or went away while waiting
                 continue
             try:
-                batch = torch.cat([job.batch for job in jobs]) if len(jobs) > 1 else jobs[0].batch
+                batch = np.concatenate([job.batch for job in jobs]) if len(jobs) > 1 else jobs[0].batch
                 probabilities = await loop.run_in_executor(self._executor, self.predict, batch)
             except Exception as exc:  # fails these requests (they log it), not the service
                 for job in jobs:
@@ -269,18 +267,15 @@ class ScoringService:
 
     def __init__(self, scorer: Scorer, config: ServiceConfig):
         self.scorer, self.config = scorer, config
-        self.runtime_name = getattr(scorer.runtime, "name", scorer.runtime_name)
+        self.runtime_name = scorer.runtime_name
         self._decode_pool: Optional[ThreadPoolExecutor] = None
         self.batcher = MicroBatcher(
             scorer.predict, max_batch=config.max_batch, window_s=config.batch_window_ms / 1000
         )
         self.started = time.time()
 
-    def _prepare(self, data: bytes, name: str) -> torch.Tensor:
-        image = open_image(
-            data, name=name, max_pixels=self.config.max_pixels, draft_size=self.scorer.draft_size
-        )
-        return self.scorer.transform(image)  # (3, H, W)
+    def _prepare(self, data: bytes, name: str) -> np.ndarray:
+        return self.scorer.preprocess(data, name, max_pixels=self.config.max_pixels)  # (3, H, W)
 
     async def score(self, uploads: List[Tuple[str, bytes]]) -> List[ScoreResult]:
         loop = asyncio.get_running_loop()
@@ -290,31 +285,20 @@ class ScoringService:
             loop.run_in_executor(self._decode_pool, self._prepare, data, name) for name, data in uploads
         ]
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        results, tensors = [], []
-        for (name, _), outcome in zip(uploads, outcomes):
-            if isinstance(outcome, ImageLoadError):
-                results.append(ScoreResult(path=name, error=outcome.problem))
-            elif isinstance(outcome, BaseException):
-                if isinstance(outcome, asyncio.CancelledError):
-                    raise outcome
-                log.debug("preprocessing failed for %s", name, exc_info=outcome)
-                results.append(ScoreResult(path=name, error=f"{type(outcome).__name__}: {outcome}"))
-            else:
-                results.append(ScoreResult(path=name))
-                tensors.append(outcome)
-        if tensors:
-            fill_scores(results, await self.batcher.submit(torch.stack(tensors)))  # (n, 10)
+        results, inputs = collect((name, outcome) for (name, _), outcome in zip(uploads, outcomes))
+        if inputs:
+            fill_scores(results, await self.batcher.submit(np.stack(inputs)))  # (n, 10)
         return results
 
     def describe_model(self) -> Dict[str, Any]:
-        model = self.scorer.model
+        scorer = self.scorer
         return {
-            "name": self.scorer.name,
-            "architecture": model.architecture.to_dict(),
-            "preprocessing": model.preprocessing.to_dict(),
+            "name": scorer.name,
+            "architecture": scorer.architecture.to_dict(),
+            "preprocessing": scorer.preprocessing.to_dict(),
             "runtime": self.runtime_name,
-            "input_size": list(model.preprocessing.input_size),
-            "scores": list(range(1, model.architecture.num_classes + 1)),
+            "input_size": list(scorer.preprocessing.input_size),
+            "scores": list(range(1, scorer.architecture.num_classes + 1)),
         }
 
     def limits(self) -> Dict[str, Any]:
@@ -335,27 +319,13 @@ class ScoringService:
             self._decode_pool = None
 
 
-class ScoreItem(BaseModel):
-    """One result, as ``beholder score --format json`` prints it (``error`` instead of scores if it failed)."""
-
-    path: str
-    mean: Optional[float] = None
-    std: Optional[float] = None
-    distribution: Optional[List[float]] = None
-    error: Optional[str] = None
-
-
 class ErrorBody(BaseModel):
     """An error response; ``files`` lists the per-file problems when files were at fault."""
 
     error: str
     detail: str
-    files: Optional[List[ScoreItem]] = None
-
-
-def _rank(results: List[ScoreResult]) -> List[ScoreResult]:
-    # As `beholder score --rank`: best mean first, failed inputs last in upload order (stable sort).
-    return sorted(results, key=lambda r: (r.error is not None, -(r.mean or 0.0)))
+    # The scoring core's result type (its JSON form is the same as `beholder score --format json`).
+    files: Optional[List[ScoreResult]] = None
 
 
 def _failure(results: List[ScoreResult]) -> ApiError:
@@ -364,6 +334,9 @@ def _failure(results: List[ScoreResult]) -> ApiError:
     if all(r.error.startswith(_NOT_AN_IMAGE) for r in results):
         return ApiError(415, "unsupported_media_type", f"not an image or unsupported format: {names}", files)
     detail = "; ".join(f"{r.path!r}: {r.error}" for r in results[:5])
+    if any(r.error == NOT_FINITE for r in results):
+        # The images were fine; the model's output was not. JSON, naming each file, never a bare 500.
+        return ApiError(422, "model_output_not_finite", f"no image could be scored: {detail}", files)
     return ApiError(422, "invalid_image", f"no image could be scored: {detail}", files)
 
 
@@ -505,7 +478,7 @@ def create_app(
             raise ApiError(422, "no_files", "no image files in the request (multipart field 'files')")
         return uploads
 
-    async def handle(request: Request, rank: bool) -> JSONResponse:
+    async def handle(request: Request, ranked: bool) -> JSONResponse:
         phase = "upload"
 
         async def work() -> List[ScoreResult]:
@@ -531,31 +504,31 @@ def create_app(
             raise ApiError(500, "internal_error", f"scoring failed: {type(exc).__name__}: {exc}") from exc
         if all(not r.ok for r in results):
             raise _failure(results)
-        if rank:
-            results = _rank(results)
+        if ranked:
+            results = rank(results)
         return JSONResponse([r.to_dict() for r in results])
 
     @app.post(
         "/v1/score",
-        response_model=List[ScoreItem],
+        response_model=List[ScoreResult],
         responses=error_responses,
         openapi_extra=_MULTIPART_BODY,
         summary="Score images, in upload order",
     )
     async def score(request: Request) -> JSONResponse:
         """Rating distribution, mean and std of each uploaded image (per-file ``error`` if it failed)."""
-        return await handle(request, rank=False)
+        return await handle(request, ranked=False)
 
     @app.post(
         "/v1/rank",
-        response_model=List[ScoreItem],
+        response_model=List[ScoreResult],
         responses=error_responses,
         openapi_extra=_MULTIPART_BODY,
         summary="Score images, best mean first",
     )
-    async def rank(request: Request) -> JSONResponse:
+    async def rank_endpoint(request: Request) -> JSONResponse:
         """As ``/v1/score``, sorted by mean score, best first; failed files last."""
-        return await handle(request, rank=True)
+        return await handle(request, ranked=True)
 
     @app.get("/v1/models", summary="The served model and the service's limits")
     async def models() -> Dict[str, Any]:

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _inputs(patterns: list[str], out: Path) -> list[str]:
     """The photos to cull, without anything inside the report folder (its thumbnails)."""
-    from beholder.inference import expand_inputs
+    from beholder.imageio import expand_inputs
 
     out = out.resolve()
     return [p for p in expand_inputs(patterns) if out not in Path(p).resolve().parents]

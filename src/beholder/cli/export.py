@@ -21,7 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser, runtime=None)
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format (onnx)")
     parser.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. nima.onnx")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset (default 18); one the installed exporter cannot write is refused, never replaced",
+    )
     parser.add_argument(
         "--output",
         choices=["probabilities", "logits"],

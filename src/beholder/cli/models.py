@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for spec in MODELS.values():
         local = find_local_weights(spec.weights)
+        packaged = spec.packaged_file
         rows.append(
             {
                 "name": spec.name,
@@ -30,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
                 "preprocessing": spec.preprocessing.to_dict(),
                 "trained_on": spec.trained_on,
                 "weights": spec.weights.to_dict(),
+                "packaged": {**spec.packaged.to_dict(), "path": str(packaged) if packaged else None}
+                if spec.packaged is not None
+                else None,
                 "local_path": str(local) if local else None,
             }
         )
@@ -45,11 +49,14 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, allow_nan=False))
         return 0
     for row in rows:
         weights = row["weights"]
         status = f"present: {row['local_path']}" if row["local_path"] else "not downloaded"
+        packaged = row.get("packaged")
+        if packaged and packaged["path"]:
+            status = f"packaged: {packaged['filename']} (ships with beholder; scores offline)"
         print(f"{row['name']}  [{row['kind']}]  {row['description']}")
         print(
             f"    weights: {weights['filename']}  sha256 {weights['sha256'] or '(not published)'}  licence {weights['license']}"

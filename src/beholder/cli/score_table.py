@@ -56,6 +56,9 @@ def run_table(args: argparse.Namespace) -> int:
     if args.paths:
         print("beholder score: error: give image PATHs or --table, not both", file=sys.stderr)
         return 2
+    if getattr(args, "onnx", None):
+        print("beholder score: error: --table takes --model or --checkpoint, not --onnx", file=sys.stderr)
+        return 2
     if not args.out:
         print("beholder score: error: --table needs --out", file=sys.stderr)
         return 2
@@ -77,6 +80,7 @@ def run_table(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         workers=args.workers,
+        fidelity=getattr(args, "fidelity", "exact"),
         part_rows=args.part_rows,
         url_timeout=args.url_timeout,
         url_retries=args.url_retries,

@@ -1,10 +1,11 @@
-"""``beholder train``: two-phase NIMA training on a prepared AVA directory (see docs/training.md)."""
+"""``beholder train``: two-phase NIMA training on a prepared directory (see docs/training.md)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 from beholder.errors import ConfigError
 
@@ -13,6 +14,9 @@ EXAMPLES = """examples:
   beholder train --data prepared/ --out runs/b0 model.backbone=timm/efficientnet_b0 model.backbone_weights=timm
   beholder train --data prepared/ --out runs/quick phase1.epochs=1 phase2.epochs=1 data.undersample_per_bin=100
   beholder train --data prepared/ --out runs/nima --resume
+  beholder train --data prepared/ --out runs/nima --resume phase2.epochs=12      # extend a finished run
+  beholder train --data mine/ --out runs/tuned model.init=nima-mobilenet-idealo phase1.epochs=0
+  beholder train --data prepared/ --out runs/rare --config nima_mobilenet_rebalanced
   torchrun --nproc-per-node 4 -m beholder train --data prepared/ --out runs/ddp
 """
 
@@ -22,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train NIMA (phase 1: head, phase 2: all layers) with the EMD loss",
         description=(
-            "Train a NIMA model on a directory prepared by `beholder ava prepare`. "
+            "Train a NIMA model on a directory prepared by `beholder ava prepare` or `beholder prepare`. "
             "A YAML recipe gives the configuration; KEY=VALUE overrides go on top."
         ),
         epilog=EXAMPLES,
@@ -33,14 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--config",
         default=None,
-        help="recipe name (nima_mobilenet, nima_mobilenet_full) or YAML path "
+        help="recipe name (nima_mobilenet, nima_mobilenet_full, nima_mobilenet_rebalanced) or YAML path "
         "[default: nima_mobilenet; with --resume: the run's config.yaml]",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt"
     )
     parser.add_argument(
-        "--list-keys", action="store_true", help="print every config key with its default and exit"
+        "--list-keys",
+        action="store_true",
+        help="print every config key with its default as KEY=VALUE (YAML values) and exit",
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. phase2.lr=1e-4"
@@ -56,11 +62,12 @@ def run(args: argparse.Namespace) -> int:
         load_config,
         read_yaml,
         to_flat_dict,
+        yaml_scalar,
     )
 
     if args.list_keys:
         for key, value in to_flat_dict(TrainConfig()).items():
-            print(f"{key}={value}")
+            print(f"{key}={yaml_scalar(value)}")
         return 0
     if args.data is None or args.out is None:
         raise ConfigError("--data PREPARED_DIR and --out RUN_DIR are required")
@@ -75,26 +82,29 @@ def run(args: argparse.Namespace) -> int:
         source = DEFAULT_RECIPE
     config = load_config(source, args.overrides, base=base)
 
-    from beholder.train import fit
+    from beholder.training import fit
 
-    def show(row: Dict[str, Any], line: str) -> None:
+    rank0 = os.environ.get("RANK", "0") == "0"
+
+    def show(row: dict[str, Any], line: str) -> None:
         print(line, flush=True)
 
-    summary = fit(config, args.data, args.out, resume=args.resume, on_epoch_end=show)
-    if summary.get("world_size", 1) > 1 and not _is_rank0():
+    def resumed(epoch: int) -> None:
+        if rank0:
+            print(f"resumed from epoch {epoch}", flush=True)
+
+    summary = fit(config, args.data, args.out, resume=args.resume, on_epoch_end=show, on_resume=resumed)
+    if not rank0:
         return 0
     if summary["best_epoch"] is not None:
         print(
             f"done: best epoch {summary['best_epoch']} val EMD {summary['best_val_emd']:.4f} "
             f"SRCC {summary['best_val_srcc']:.3f}; {summary['images_seen']} images in {summary['total_seconds']:.0f} s"
         )
-    print(
-        f"run directory: {args.out}  (score with: beholder score --checkpoint {summary['best_checkpoint']} IMAGES)"
-    )
+    if summary["best_checkpoint"] is not None:
+        print(
+            f"run directory: {args.out}  (score with: beholder score --checkpoint {summary['best_checkpoint']} IMAGES)"
+        )
+    else:
+        print(f"run directory: {args.out}  (no best checkpoint: no epoch was finished)")
     return 0
-
-
-def _is_rank0() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"

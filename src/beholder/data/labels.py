@@ -5,12 +5,17 @@ label columns, turns each row into a 10-bin rating distribution, and hands the r
 :func:`beholder.data.prepare.prepare_images`: the same validation, measuring, resize cache and
 incremental reruns as AVA, into the same ``manifest.parquet``.
 
-Label columns, the first family present wins:
+Label columns, the first family present wins (names match case-insensitively):
 
-* ``votes_1`` .. ``votes_10``: vote counts; the distribution is ``votes / sum(votes)``.
+* ``votes_1`` .. ``votes_10`` (or AVA's ``c1`` .. ``c10``): vote counts; the distribution is
+  ``votes / sum(votes)``.
 * ``p1`` .. ``p10``: a distribution; non-negative, normalised to sum 1.
-* ``mean`` (1..10), optionally ``std`` (> 0; default :data:`DEFAULT_STD`): see
-  :func:`distribution_from_mean`.
+* ``mean`` (or ``mean_score``; 1..10), optionally ``std`` (or ``std_score``; in (0, 5], default
+  :data:`DEFAULT_STD`): see :func:`distribution_from_mean`.
+
+This module is the one home of that column contract and of the rule for a usable row
+(:func:`rating_columns`, :func:`parse_numbers`, :func:`rating_problem`): ``beholder evaluate``
+reads the same CSVs through them, and checks AVA manifests' votes with the same rule.
 
 Optional columns: ``id`` (or ``image_id``), the image's name in every output (default: the path as
 written); ``split`` (``train``/``val``/``test``; empty cells are drawn as below).
@@ -28,6 +33,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -114,67 +120,119 @@ def distribution_from_mean(mean: Any, std: Any = DEFAULT_STD) -> np.ndarray:
 # Reading the CSV
 
 
-def _label_kind(columns: list[str], path: Path) -> str:
-    for kind, family in (("votes", VOTE_COLUMNS), ("probabilities", PROBABILITY_COLUMNS)):
-        present = [column for column in family if column in columns]
+#: The label column families a ratings CSV may give, the first present wins. ``c1..c10`` is AVA's
+#: own name for vote counts, ``mean_score``/``std_score`` the names other NIMA repositories use.
+_RATING_FAMILIES = (
+    ("votes", VOTE_COLUMNS),
+    ("votes", [f"c{score}" for score in range(1, NUM_BINS + 1)]),
+    ("probabilities", PROBABILITY_COLUMNS),
+)
+_MEAN_NAMES, _STD_NAMES = ("mean", "mean_score"), ("std", "std_score")
+
+
+@dataclass(frozen=True)
+class RatingColumns:
+    """Which columns of a ratings CSV hold its labels.
+
+    ``kind`` is ``votes``, ``probabilities`` or ``mean``; ``columns`` are the CSV's own column
+    names, in bin order (or the mean column); ``std`` is the std column of a mean-only CSV, if any.
+    """
+
+    kind: str
+    columns: list[str]
+    std: Optional[str] = None
+
+
+def rating_columns(columns: list[str], path: PathLike) -> RatingColumns:
+    """The label columns of a ratings CSV with header ``columns`` (names match case-insensitively).
+
+    Raises:
+        ConfigError: a family given only in part, or no family at all.
+    """
+    by_name = {str(column).lower(): column for column in columns}
+    for kind, family in _RATING_FAMILIES:
+        present = [by_name[name] for name in family if name in by_name]
         if len(present) == len(family):
-            return kind
+            return RatingColumns(kind, present)
         if present:
-            missing = [column for column in family if column not in columns]
+            missing = [name for name in family if name not in by_name]
             raise ConfigError(f"{path}: has {present[0]} but lacks {missing}")
-    if "mean" in columns:
-        return "mean"
-    raise ConfigError(
-        f"{path}: needs votes_1..votes_10, p1..p10 or mean (optionally with std) columns; found {columns}"
-    )
+    mean = next((by_name[name] for name in _MEAN_NAMES if name in by_name), None)
+    if mean is None:
+        raise ConfigError(
+            f"{path}: needs votes_1..votes_10, p1..p10 or mean (optionally with std) columns "
+            f"(vote counts may also be named c1..c10); found {columns}"
+        )
+    return RatingColumns("mean", [mean], next((by_name[name] for name in _STD_NAMES if name in by_name), None))
 
 
-def _numbers(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(N, k) float values of ``columns``, and for each row the first column that is not a number."""
+def parse_numbers(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, k) float values of the text ``columns``, and per row the index of the first cell that
+    is not a number (-1 if none). "inf" and "nan" parse: :func:`rating_problem` rejects them."""
     values = np.full((len(frame), len(columns)), np.nan)
     bad = np.full(len(frame), -1)
     for j, column in enumerate(columns):
-        text = frame[column].str.strip()
+        text = frame[column].fillna("").astype(str).str.strip()
         parsed = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
-        # Text that is not a number ("ten", "") is a row error; "inf" and "nan" parse, and are caught next.
         not_number = np.isnan(parsed) & ~text.str.lower().isin(["nan", "-nan", "+nan"]).to_numpy()
         bad = np.where((bad < 0) & not_number, j, bad)
         values[:, j] = parsed
     return values, bad
 
 
+def rating_problem(row: np.ndarray, kind: str) -> Optional[tuple[str, str]]:
+    """Why one row of ratings is unusable, as ``(reason, detail)``, or None when it is fine.
+
+    ``row`` is ten vote counts or probabilities, or ``(mean, std)`` with std NaN when not given.
+    The one rule for every source of labels: AVA manifests, ratings CSVs for ``prepare`` and for
+    ``evaluate``. The reasons are :data:`LABEL_ROW_REASONS`.
+    """
+    if kind == "mean":
+        mean, std = row[0], row[1]
+        if not np.isfinite(mean) or abs(mean) > _LARGEST_VALUE:
+            return "non_finite_value", f"mean score {mean:g} is not a finite number"
+        if not 1.0 <= mean <= 10.0:
+            return "mean_out_of_range", f"mean score {mean:g} is outside 1..10"
+        if not np.isnan(std) and not (np.isfinite(std) and 0.0 < std <= 5.0):
+            return "bad_std", f"std {std:g} is not in (0, 5]"
+        return None
+    what = "vote count" if kind == "votes" else "probability"
+    if not np.isfinite(row).all():
+        return "non_finite_value", f"a {what} is not a finite number ({row[~np.isfinite(row)][0]})"
+    if (np.abs(row) > _LARGEST_VALUE).any():
+        return "non_finite_value", f"a {what} is beyond {_LARGEST_VALUE:g}"
+    if (row < 0).any():
+        return "negative_value", f"a {what} is negative"
+    if not row.sum() > 0:
+        return "zero_votes", "every vote count is zero (no votes)" if kind == "votes" else f"every {what} is zero"
+    return None
+
+
 def _row_labels(
-    frame: pd.DataFrame, kind: str, default_std: float
+    frame: pd.DataFrame, rating: RatingColumns, default_std: float
 ) -> tuple[np.ndarray, np.ndarray, list[Optional[str]]]:
-    """(N, 10) distributions (or counts), (N,) totals (NaN unless votes), and per-row rejection reasons."""
-    columns = {"votes": VOTE_COLUMNS, "probabilities": PROBABILITY_COLUMNS}.get(kind, ["mean"])
-    if kind == "mean" and "std" in frame.columns:
-        columns = ["mean", "std"]
-    values, bad = _numbers(frame, columns)
-    if kind == "mean" and "std" not in frame.columns:
-        values = np.column_stack([values[:, 0], np.full(len(frame), default_std)])
-    if kind == "mean" and "std" in frame.columns:  # an empty std cell means the default
-        empty = frame["std"].str.strip() == ""
-        values[empty.to_numpy(), 1] = default_std
-        bad = np.where(empty.to_numpy() & (bad == 1), -1, bad)
+    """(N, 10) distributions (or counts), (N,) totals (NaN unless votes), and per-row rejection
+    reasons as ``"reason:detail"``."""
+    kind = rating.kind
+    columns = rating.columns + ([rating.std] if rating.std else [])
+    values, bad = parse_numbers(frame, columns)
+    if kind == "mean":
+        if rating.std is None:
+            values = np.column_stack([values[:, 0], np.full(len(frame), default_std)])
+        else:  # an empty std cell means the default
+            empty = (frame[rating.std].str.strip() == "").to_numpy()
+            values[empty, 1] = default_std
+            bad = np.where(empty & (bad == 1), -1, bad)
     reasons: list[Optional[str]] = []
     for i, row in enumerate(values):
         if bad[i] >= 0:
-            reasons.append(
-                f"non_numeric_value:column {columns[bad[i]]} is {frame[columns[bad[i]]].iloc[i]!r}"
-            )
-        elif not np.isfinite(row).all() or (np.abs(row) > _LARGEST_VALUE).any():
-            reasons.append("non_finite_value:a value is infinite, NaN or beyond 1e12")
-        elif kind != "mean" and (row < 0).any():
-            reasons.append("negative_value:a count or probability is negative")
-        elif kind != "mean" and row.sum() <= 0:
-            reasons.append("zero_votes:all ten values are 0: no distribution")
-        elif kind == "mean" and not 1.0 <= row[0] <= 10.0:
-            reasons.append(f"mean_out_of_range:mean {row[0]:g} is outside 1..10")
-        elif kind == "mean" and not 0.0 < row[1] <= 5.0:
-            reasons.append(f"bad_std:std {row[1]:g} is not in (0, 5]")
+            column = columns[bad[i]]
+            reasons.append(f"non_numeric_value:column {column} is {frame[column].iloc[i]!r}")
+        elif kind == "mean" and np.isnan(row[1]):  # empty cells got the default: this one said "nan"
+            reasons.append("non_finite_value:std is not a finite number (nan)")
         else:
-            reasons.append(None)
+            problem = rating_problem(row, kind)
+            reasons.append(None if problem is None else ":".join(problem))
     good = np.array([reason is None for reason in reasons], dtype=bool)
     counts = np.zeros((len(frame), NUM_BINS))
     totals = np.full(len(frame), np.nan)
@@ -255,9 +313,10 @@ def read_ratings_csv(
         raise ConfigError(
             f"{path}: needs a 'path' column (the photo, relative to the CSV's folder); found {columns}"
         )
-    kind = _label_kind(columns, path)
+    rating = rating_columns(columns, path)
+    kind = rating.kind
     id_column = next((column for column in ("id", "image_id") if column in columns), None)
-    counts, totals, reasons = _row_labels(frame, kind, default_std)
+    counts, totals, reasons = _row_labels(frame, rating, default_std)
 
     lines = np.arange(2, len(frame) + 2)  # line 1 is the header
     raw_paths = frame["path"].str.strip().tolist()

@@ -18,7 +18,7 @@ import numpy as np
 
 from beholder.errors import ConfigError
 from beholder.files import PathLike
-from beholder.ratings import NUM_BINS, PROBABILITY_COLUMNS, VOTE_COLUMNS, mean_std, votes_to_distribution
+from beholder.ratings import PROBABILITY_COLUMNS, VOTE_COLUMNS, mean_std, votes_to_distribution
 
 if TYPE_CHECKING:  # pandas is an optional dependency ("data" extra); imported where used
     import pandas as pd
@@ -79,25 +79,6 @@ def _first_present(columns: Sequence[str], candidates: Sequence[str]) -> Optiona
     return next((lowered[c] for c in candidates if c in lowered), None)
 
 
-def _rating_columns(labels_csv: Path, columns: list[str]) -> tuple[Optional[str], list[str]]:
-    """("votes" | "probabilities" | "mean", the CSV columns that hold it)."""
-    for kind, names in (
-        ("votes", VOTE_COLUMNS),
-        ("votes", [f"c{i}" for i in range(1, NUM_BINS + 1)]),
-        ("probabilities", PROBABILITY_COLUMNS),
-    ):
-        found = [_first_present(columns, [name]) for name in names]
-        if all(found):
-            return kind, found
-    mean_column = _first_present(columns, ["mean", "mean_score"])
-    if mean_column is None:
-        raise ConfigError(
-            f"{labels_csv}: needs vote counts (votes_1..votes_10 or c1..c10), a distribution (p1..p10) "
-            f"or a 'mean' column; found {columns}"
-        )
-    return "mean", [mean_column]
-
-
 def load_user_labels(images_dir: PathLike, labels_csv: PathLike) -> pd.DataFrame:
     """Read a user's ratings of their own photos into the normalised labels frame.
 
@@ -109,6 +90,8 @@ def load_user_labels(images_dir: PathLike, labels_csv: PathLike) -> pd.DataFrame
     skipped with a warning; a photo named but not found is an error.
     """
     import pandas as pd
+
+    from beholder.data.labels import parse_numbers, rating_columns
 
     images_dir, labels_csv = Path(images_dir), Path(labels_csv)
     if not images_dir.is_dir():
@@ -124,24 +107,22 @@ def load_user_labels(images_dir: PathLike, labels_csv: PathLike) -> pd.DataFrame
     id_column = _first_present(columns, ["image_id", "id"])
     if path_column is None and id_column is None:
         raise ConfigError(f"{labels_csv}: needs an 'id', 'image_id' or 'path' column; found {columns}")
-    kind, rating_columns = _rating_columns(labels_csv, columns)
-
-    def numbers(column: str) -> np.ndarray:
-        values = pd.to_numeric(table[column].str.strip(), errors="coerce")
-        bad = table[column].notna() & values.isna()
-        if bad.any():
-            raise ConfigError(
-                f"{labels_csv}: column {column!r} has non-numbers, e.g. {table[column][bad].iloc[0]!r}"
-            )
-        return values.to_numpy(dtype=np.float64)
-
-    ratings = np.stack([numbers(c) for c in rating_columns], axis=1)  # (N, 10) or (N, 1)
-    rated = ~np.isnan(ratings).all(axis=1)
-    partial = rated & np.isnan(ratings).any(axis=1)
+    rating = rating_columns(columns, labels_csv)
+    given = rating.columns + ([rating.std] if rating.std else [])
+    cells = table[given].fillna("").astype(str).apply(lambda column: column.str.strip())
+    rated = (cells[rating.columns] != "").any(axis=1).to_numpy()  # a row with no rating is skipped
+    partial = rated & (cells[rating.columns] == "").any(axis=1).to_numpy()
     if partial.any():
         raise ConfigError(
-            f"{labels_csv}: row {int(np.argmax(partial)) + 2} has only some of {rating_columns}"
+            f"{labels_csv}: row {int(np.argmax(partial)) + 2} has only some of {rating.columns}"
         )
+    values, bad = parse_numbers(cells, given)
+    if rating.std:  # an empty std cell means "not given"
+        bad = np.where((bad == len(given) - 1) & (cells[rating.std] == "").to_numpy(), -1, bad)
+    bad_rows = np.flatnonzero(rated & (bad >= 0))
+    if bad_rows.size:
+        row, column = int(bad_rows[0]), given[bad[bad_rows[0]]]
+        raise ConfigError(f"{labels_csv}: column {column!r} has non-numbers, e.g. {table[column].iloc[row]!r}")
     if not rated.all():
         logger.warning(
             "%s: %d of %d rows have no rating; skipped", labels_csv, int((~rated).sum()), len(table)
@@ -153,13 +134,12 @@ def load_user_labels(images_dir: PathLike, labels_csv: PathLike) -> pd.DataFrame
     ids, paths = _locate_photos(table, rows, path_column, id_column, images_dir, labels_csv)
     frame = pd.DataFrame({"image_id": ids, "path": paths})
     csv_rows = [int(row) + 2 for row in rows]  # the header is line 1
-    if kind == "mean":
-        std_column = _first_present(columns, ["std", "std_score"])
-        std = numbers(std_column)[rated] if std_column else None
-        return _finish_labels(frame, str(labels_csv), means=ratings[rated, 0], stds=std, csv_rows=csv_rows)
-    if kind == "probabilities":
-        return _finish_labels(frame, str(labels_csv), probabilities=ratings[rated], csv_rows=csv_rows)
-    return _finish_labels(frame, str(labels_csv), votes=ratings[rated], csv_rows=csv_rows)
+    if rating.kind == "mean":
+        std = values[rated, 1] if rating.std else None
+        return _finish_labels(frame, str(labels_csv), means=values[rated, 0], stds=std, csv_rows=csv_rows)
+    if rating.kind == "probabilities":
+        return _finish_labels(frame, str(labels_csv), probabilities=values[rated], csv_rows=csv_rows)
+    return _finish_labels(frame, str(labels_csv), votes=values[rated], csv_rows=csv_rows)
 
 
 def _locate_photos(
@@ -206,7 +186,7 @@ def _image_index(images_dir: Path) -> dict[str, str]:
 
     An ambiguous key (two files with one stem) maps to "" so that using it is an error.
     """
-    from beholder.inference import expand_inputs
+    from beholder.imageio import expand_inputs
 
     index: dict[str, str] = {}
     for text in expand_inputs([images_dir]):
@@ -217,35 +197,12 @@ def _image_index(images_dir: Path) -> dict[str, str]:
     return index
 
 
-def _distribution_problems(values: np.ndarray, what: str) -> list[Optional[str]]:
-    """Per row of (N, 10) counts or probabilities: why it is no distribution, or None."""
-    problems: list[Optional[str]] = []
-    for row in values:
-        if not np.isfinite(row).all():
-            bad = row[~np.isfinite(row)][0]
-            problems.append(f"a {what} is not a finite number ({bad})")
-        elif (row < 0).any():
-            problems.append(f"a {what} is negative")
-        elif not row.sum() > 0:
-            problems.append(
-                f"every {what} is zero (no votes)" if what == "vote count" else f"every {what} is zero"
-            )
-        else:
-            problems.append(None)
-    return problems
+def _problems(values: np.ndarray, kind: str) -> list[Optional[str]]:
+    """Per row: why it is no rating (the one rule of :func:`beholder.data.labels.rating_problem`)."""
+    from beholder.data.labels import rating_problem  # with pandas: imported where used
 
-
-def _mean_problems(means: np.ndarray, stds: Optional[np.ndarray]) -> list[Optional[str]]:
-    problems: list[Optional[str]] = []
-    for i, mean in enumerate(means):
-        std = None if stds is None else stds[i]
-        if not (np.isfinite(mean) and 1.0 <= mean <= 10.0):
-            problems.append(f"mean score {mean} is outside 1..10")
-        elif std is not None and not np.isnan(std) and not (np.isfinite(std) and std >= 0):
-            problems.append(f"std {std} is not a finite non-negative number")
-        else:
-            problems.append(None)
-    return problems
+    found = (rating_problem(row, kind) for row in values)
+    return [None if problem is None else problem[1] for problem in found]
 
 
 def _reject(
@@ -284,19 +241,15 @@ def _finish_labels(
         raise ConfigError(f"{source}: image id {duplicated.iloc[0]!r} appears more than once")
     given = votes if votes is not None else probabilities
     if given is not None:
-        _reject(
-            source,
-            frame,
-            _distribution_problems(given, "vote count" if votes is not None else "probability"),
-            csv_rows,
-        )
+        _reject(source, frame, _problems(given, "votes" if votes is not None else "probabilities"), csv_rows)
         # Given probabilities are normalised too: rounded ones may sum to 0.999.
         true_p = votes_to_distribution(given)  # (N, 10)
         for column, values in zip(TRUE_PROBABILITY_COLUMNS, true_p.T):
             frame[column] = values
         frame["true_mean"], frame["true_std"] = mean_std(true_p)
     else:
-        _reject(source, frame, _mean_problems(means, stds), csv_rows)
+        spread = stds if stds is not None else np.full(len(means), np.nan)
+        _reject(source, frame, _problems(np.column_stack([means, spread]), "mean"), csv_rows)
         frame["true_mean"] = means
         frame["true_std"] = stds if stds is not None else np.nan
     ids = frame["image_id"].tolist()

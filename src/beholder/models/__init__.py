@@ -1,67 +1,46 @@
-"""NIMA models: the Keras-compatible MobileNet v1, timm backbones, the registry and checkpoints."""
+"""NIMA models: the Keras-compatible MobileNet v1, timm backbones, the registry, the factory and checkpoints.
+
+Names are re-exported lazily (PEP 562): ``from beholder.models import Architecture`` or reading the
+registry must not import torch, because the scoring fast path (ONNX Runtime) runs without it.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional, Union
+import importlib
+from typing import Any
 
-from beholder.models.checkpoint import load_checkpoint, save_checkpoint
-from beholder.models.nima import NIMA, Architecture, build_nima, load_keras_nima_weights
-from beholder.models.registry import (
-    BACKBONE_WEIGHTS,
-    DEFAULT_MODEL,
-    MODELS,
-    ModelSpec,
-    get_backbone_weights,
-    get_model_spec,
-    list_models,
-)
-from beholder.weights import load_packaged_state_dict, resolve_weights
+# name -> the module that defines it; imported on first access.
+_LAZY = {
+    "Architecture": "beholder.models.architecture",
+    "KERAS_MOBILENET": "beholder.models.architecture",
+    "NIMA": "beholder.models.nima",
+    "build_nima": "beholder.models.nima",
+    "load_keras_nima_weights": "beholder.models.nima",
+    "create_model": "beholder.models.factory",
+    "create_training_model": "beholder.models.factory",
+    "load_checkpoint": "beholder.models.checkpoint",
+    "save_checkpoint": "beholder.models.checkpoint",
+    "unwrap": "beholder.models.checkpoint",
+    "fuse_conv_bn": "beholder.models.fusion",
+    "BACKBONE_WEIGHTS": "beholder.models.registry",
+    "DEFAULT_MODEL": "beholder.models.registry",
+    "MODELS": "beholder.models.registry",
+    "ModelSpec": "beholder.models.registry",
+    "get_backbone_weights": "beholder.models.registry",
+    "get_model_spec": "beholder.models.registry",
+    "list_models": "beholder.models.registry",
+}
 
-__all__ = [
-    "BACKBONE_WEIGHTS",
-    "DEFAULT_MODEL",
-    "MODELS",
-    "NIMA",
-    "Architecture",
-    "ModelSpec",
-    "build_nima",
-    "create_model",
-    "get_backbone_weights",
-    "get_model_spec",
-    "list_models",
-    "load_checkpoint",
-    "save_checkpoint",
-]
+__all__ = sorted(_LAZY)
 
 
-def create_model(
-    name: str = DEFAULT_MODEL,
-    *,
-    pretrained: bool = True,
-    weights: Optional[Union[str, Path]] = None,
-    progress: bool = True,
-) -> NIMA:
-    """Build a registered NIMA model, with its trained weights when ``pretrained``.
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Args:
-        name: a name from :func:`list_models`.
-        pretrained: load the model's weights: the packaged file when the model ships one, else
-            resolved as in :func:`beholder.weights.resolve_weights`.
-        weights: an explicit weights file, overriding the registry's.
-        progress: show a progress bar if weights are downloaded.
 
-    For a fresh model to train (ImageNet backbone, new head) use :func:`build_nima`.
-    """
-    spec = get_model_spec(name)
-    model = build_nima(spec.architecture, preprocessing=spec.preprocessing)
-    if weights is None and pretrained and spec.packaged_file is not None:
-        model.load_state_dict(load_packaged_state_dict(spec.packaged, spec.packaged_file))
-    elif pretrained or weights is not None:
-        path = resolve_weights(spec.weights, weights, progress=progress)
-        if spec.weights.format == "keras_h5":
-            load_keras_nima_weights(model, path)
-        else:
-            state = load_checkpoint(path)[0].state_dict()
-            model.load_state_dict(state)
-    return model.eval()
+def __dir__() -> list[str]:
+    return __all__

@@ -13,19 +13,23 @@ so that ``beholder score --checkpoint FILE`` needs nothing else.
 A checkpoint is data, never code: it holds only tensors, plain containers, numbers and strings
 (checked when it is written), and it is read with ``torch.load(weights_only=True)``, which refuses
 anything else, so a crafted file cannot run code in any load path.
+
+A checkpoint is written atomically through :func:`beholder.files.atomic_write` (mode from the
+umask, 0644 typically); a failed write (a full disk, say) leaves the previous file intact and
+raises :class:`CheckpointWriteError`.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any
 
 import torch
 
 from beholder.errors import ConfigError
+from beholder.files import PathLike, atomic_write
 from beholder.models.nima import NIMA, Architecture, build_nima
 from beholder.preprocessing import Preprocessing
 
@@ -33,9 +37,24 @@ CHECKPOINT_FORMAT = "beholder-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def _unwrap(model: torch.nn.Module) -> NIMA:
-    # DistributedDataParallel and torch.compile wrap the module; the checkpoint holds the plain one.
-    return getattr(model, "module", getattr(model, "_orig_mod", model))
+class CheckpointWriteError(ConfigError):
+    """A checkpoint could not be written (disk full, read-only, ...); the previous one is intact."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: cannot write the checkpoint: {reason}")
+
+
+def unwrap(model: torch.nn.Module) -> NIMA:
+    """The plain model inside DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
 
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
@@ -64,10 +83,15 @@ def _plain(value: Any, where: str) -> Any:
     raise TypeError(f"checkpoint entry {where} is a {type(value).__name__}, not plain data")
 
 
-def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, **extra: Any) -> Path:
-    """Write a checkpoint atomically (temporary file in the same directory, then rename)."""
-    nima = _unwrap(model)
-    payload: Dict[str, Any] = {
+def save_checkpoint(path: PathLike, model: torch.nn.Module, **extra: Any) -> Path:
+    """Write a checkpoint atomically (temporary file in the same directory, then rename).
+
+    Raises:
+        CheckpointWriteError: the file could not be written (``reason`` says why, e.g. "no space
+            left on device"); whatever was at ``path`` before is unchanged.
+    """
+    nima = unwrap(model)
+    payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "architecture": nima.architecture.to_dict(),
@@ -76,20 +100,25 @@ def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, **extra: Any
         "model": nima.state_dict(),
         **{key: _plain(value, key) for key, value in extra.items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+
+    def write(temporary: Path) -> None:
+        # Through a Python file, so that a failed write(2) (a full disk) comes back as an OSError
+        # with its errno; given a path, torch's own writer reports it as a RuntimeError without it.
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+
     try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+        return atomic_write(path, write)
+    except OSError as exc:
+        raise CheckpointWriteError(path, _write_failure(exc)) from exc
 
 
-def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+def _write_failure(exc: OSError) -> str:
+    """``OSError(ENOSPC)`` -> "no space left on device" (the OS's words, whatever the message)."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+def read_checkpoint(path: PathLike) -> dict[str, Any]:
     """Load a checkpoint dict (on CPU), checking that it is one of ours."""
     path = Path(path)
     if not path.is_file():
@@ -113,12 +142,17 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     return payload
 
 
-def load_checkpoint(path: Union[str, Path]) -> Tuple[NIMA, Dict[str, Any]]:
+def load_checkpoint(path: PathLike) -> tuple[NIMA, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict)."""
     payload = read_checkpoint(path)
+    return model_from_payload(payload).eval(), payload
+
+
+def model_from_payload(payload: dict[str, Any]) -> NIMA:
+    """The model a checkpoint dict describes, with its weights (in training mode, as built)."""
     model = build_nima(
         Architecture.from_dict(payload["architecture"]),
         preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
     )
     model.load_state_dict(payload["model"])
-    return model.eval(), payload
+    return model

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from beholder.errors import ConfigError
+from beholder.models.architecture import KERAS_MOBILENET, TIMM_PREFIX, Architecture
 from beholder.models.mobilenet_v1 import (
     KerasMobileNetV1,
     load_keras_layer,
@@ -26,35 +26,8 @@ from beholder.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
-KERAS_MOBILENET = "keras_mobilenet_v1"
-TIMM_PREFIX = "timm/"
-
 #: What the Keras MobileNet sees when trained by Beholder: the seed's 256x256 resize and 224 crop.
 KERAS_TRAINING_PREPROCESSING = Preprocessing(resize=(256, 256), interpolation="bilinear", crop=224)
-
-
-@dataclass
-class Architecture:
-    """Everything needed to rebuild a NIMA model's modules (not its weights).
-
-    Attributes:
-        backbone: ``"keras_mobilenet_v1"`` or ``"timm/<timm model name>"``.
-        alpha: width multiplier of the Keras MobileNet (ignored for timm backbones).
-        dropout: dropout probability before the 10-way layer (the paper uses 0.75).
-        num_classes: rating bins (10 for AVA's 1..10 scores).
-    """
-
-    backbone: str = KERAS_MOBILENET
-    alpha: float = 1.0
-    dropout: float = 0.75
-    num_classes: int = 10
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Architecture":
-        return cls(**data)
 
 
 class NIMA(nn.Module):

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from beholder.defaults import DEFAULT_MODEL
 from beholder.errors import ConfigError
-from beholder.models.nima import KERAS_MOBILENET, Architecture
+from beholder.models.architecture import KERAS_MOBILENET, Architecture
 from beholder.preprocessing import Preprocessing
 from beholder.weights import WeightsSpec, packaged_path
 

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 #: Job fields that must match for a run to resume another (the rest may change between runs).
-RESUME_KEYS = ("input", "input_bytes", "input_mtime_ns", "rows", "column", "part_rows", "model")
+RESUME_KEYS = ("input", "input_bytes", "input_mtime_ns", "rows", "column", "part_rows", "model", "fidelity")
 
 
 def parts_dir(out: Path) -> Path:

@@ -35,12 +35,18 @@ class ScorerSpec:
     device: Optional[str] = None
     batch_size: int = 32
     workers: Optional[int] = None
+    fidelity: str = "exact"
 
     def build(self) -> Any:
         from beholder.defaults import DEFAULT_MODEL
         from beholder.inference import Scorer
 
-        options = {"runtime": self.runtime, "device": self.device, "batch_size": self.batch_size}
+        options = {
+            "runtime": self.runtime,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "fidelity": self.fidelity,
+        }
         if self.workers is not None:
             options["workers"] = self.workers
         if self.checkpoint:
@@ -109,6 +115,7 @@ def score_table(
     device: Optional[str] = None,
     batch_size: int = 32,
     workers: Optional[int] = None,
+    fidelity: str = "exact",
     part_rows: int = 1000,
     url_timeout: float = 30.0,
     url_retries: int = 3,
@@ -131,7 +138,7 @@ def score_table(
         ray_address: an existing Ray cluster to attach to; default: start Ray here, ``num_cpus``.
         group_by: add ``rank_in_group`` (1 = best mean of the group; ties: input order).
         top: with ``group_by``, keep only the best ``top`` rows of each group.
-        model, checkpoint, weights, runtime, device, batch_size, workers: the Scorer's options
+        model, checkpoint, weights, runtime, device, batch_size, workers, fidelity: the Scorer's options
             (``runtime='auto'`` uses ONNX Runtime where installed).
         part_rows: rows per committed part (the unit a kill can lose).
         url_timeout, url_retries, url_per_host: fetching (per request; transient failures; politeness).
@@ -153,7 +160,7 @@ def score_table(
     _check_options(in_path, out_path, engine, group_by, top, part_rows, batch_size, scorer)
     dataset = open_table(in_path)
     _check_columns(dataset.schema, in_path, column, id_column=id_column, group_by=group_by)
-    spec = ScorerSpec(model, checkpoint, weights, runtime, device, batch_size, workers)
+    spec = ScorerSpec(model, checkpoint, weights, runtime, device, batch_size, workers, fidelity)
     stat = in_path.stat()
     job = {
         "input": str(in_path),
@@ -163,6 +170,7 @@ def score_table(
         "column": column,
         "part_rows": part_rows,
         "model": getattr(scorer, "name", None) if scorer is not None else spec.describe(),
+        "fidelity": fidelity,
     }
     fetch_options = {"timeout": url_timeout, "retries": url_retries, "per_host": url_per_host}
     store = PartStore.open(out_path, job, output_schema(dataset.schema), resume=resume)

@@ -1,0 +1,31 @@
+"""Per-file errors read as one line wherever they are printed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from beholder.errors import ImageLoadError
+
+
+def test_a_multi_line_decoder_message_becomes_one_line():
+    error = ImageLoadError("a.heic", "corrupt image data (Invalid input: end of file\n)\n")
+    assert error.problem == "corrupt image data (Invalid input: end of file )"
+    assert "\n" not in str(error)
+
+
+def test_a_truncated_heic_is_reported_on_one_line(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.heic"
+    Image.fromarray(pixels).save(whole)
+    truncated = tmp_path / "half.heic"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    from beholder.imageio import open_image
+
+    with pytest.raises(ImageLoadError) as caught:
+        open_image(truncated)
+    assert "\n" not in str(caught.value)
+    assert str(truncated) in str(caught.value)
