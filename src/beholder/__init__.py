@@ -16,9 +16,10 @@ _LAZY = {
     "ScoreResult": "beholder.inference",
     "create_model": "beholder.models",
     "list_models": "beholder.models",
+    "score_table": "beholder.tables",
 }
 
-__all__ = ["ScoreResult", "Scorer", "__version__", "create_model", "list_models"]
+__all__ = ["ScoreResult", "Scorer", "__version__", "create_model", "list_models", "score_table"]
 
 
 def __getattr__(name: str):

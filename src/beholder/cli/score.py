@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mean's percentile among AVA photos."
         ),
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, directory (recursive) or glob")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image file, directory (recursive) or glob")
     add_model_arguments(parser, onnx=True)
     parser.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table")
     parser.add_argument("--rank", action="store_true", help="sort by mean score, best first")
@@ -45,10 +45,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="image decoding threads (default: CPUs)")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    # -- tables: `beholder score --table IN --out OUT` lives in cli/score_table.py ------------
+    from beholder.cli.score_table import add_table_arguments
+
+    add_table_arguments(parser)
+    # ------------------------------------------------------------------------------------------
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # -- tables: hand over to cli/score_table.py ----------------------------------------------
+    from beholder.cli.score_table import run_table, table_options_without_table
+
+    if args.table:
+        return run_table(args)
+    if not args.paths or table_options_without_table(args):
+        print("beholder score: error: give image PATHs, or --table IN --out OUT", file=sys.stderr)
+        return 2
+    # ------------------------------------------------------------------------------------------
     from beholder.imageio import find_images
     from beholder.inference import ScoreResult, rank
 

@@ -10,6 +10,9 @@ image (:func:`beholder.imageio.open_image`), and is then renamed to ``<id>.<ext>
 final name always holds a complete image, so a rerun skips those and a killed run leaves only
 ``.part`` files, which the next run deletes. Outcomes go to ``download.json`` and ``failures.csv``.
 
+:class:`Fetcher` applies the same rules (schemes, redirects, per-host limit, timeouts, retries,
+size cap) to single URLs whose bodies stay in memory: catalogue scoring uses it.
+
 This module is longer than most (about 800 lines) because one concept, fetching untrusted bodies
 safely, needs its parts side by side: the scheme and redirect rules, the per-host limits, the size
 and time caps, the checks before an atomic rename, and the failure reasons they produce.
@@ -814,3 +817,86 @@ def download(
         )
         raise KeyboardInterrupt
     return summary
+
+
+# -- fetching single URLs into memory (catalogue scoring) ------------------------------------------
+
+
+class FetchError(Exception):
+    """A URL could not be fetched: ``reason`` is one of :data:`FAILURE_REASONS`, ``detail`` says more."""
+
+    def __init__(self, url: str, reason: str, detail: str):
+        super().__init__(f"{url}: {reason}: {detail}")
+        self.url, self.reason, self.detail = url, reason, detail
+
+
+class Fetcher(_Downloader):
+    """Fetch image URLs into memory with the downloader's rules, for callers that score bodies directly.
+
+    The same safety and politeness as :func:`download`: http(s) only (every redirect hop checked),
+    at most ``per_host`` requests at once per host, a timeout on connect and on each read, retries
+    with jittered exponential backoff for transient failures, and a size cap (``max_bytes``).
+    Nothing is written to disk. Thread-safe: one Fetcher serves any number of threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_host: int = 4,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        max_bytes: int = MAX_IMAGE_BYTES,
+        user_agent: Optional[str] = None,
+    ):
+        if per_host < 1 or retries < 0 or timeout <= 0 or max_bytes < 1:
+            raise ConfigError(
+                f"fetch options out of range: per_host={per_host} (>= 1), retries={retries} (>= 0), "
+                f"timeout={timeout} (> 0), max_bytes={max_bytes} (>= 1)"
+            )
+        # No output directory and no template: only the request, body and retry rules are used.
+        super().__init__(
+            Path("."),
+            "",
+            page_mode=False,
+            per_host=per_host,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            user_agent=user_agent or f"beholder/{__version__} (image scoring; {per_host}/host)",
+            existing={},
+            max_bytes=max_bytes,
+        )
+
+    def fetch(self, url: str) -> bytes:
+        """The body of ``url``. Raises :class:`FetchError` after the last attempt fails."""
+        failure: Optional[_Failure] = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                if failure is not None and failure.retry_after is not None:
+                    delay = max(delay, min(failure.retry_after, self.max_backoff))
+                if self.stop.wait(delay):
+                    break
+            try:
+                buffer = _Buffer()
+                with self._request(url, "image/*,*/*;q=0.5") as response:
+                    self._read_body(response, buffer, url)
+                return b"".join(buffer.parts)
+            except _Cancelled:
+                break
+            except _Failure as exc:
+                failure = exc
+                logger.debug("%s attempt %d: %s", url, attempt + 1, exc)
+                if not exc.retryable:
+                    break
+        if failure is None:
+            raise FetchError(url, "cancelled", "the run is stopping")
+        attempts = f" ({attempt + 1} attempts)" if attempt else ""
+        raise FetchError(url, failure.reason, failure.detail + attempts)
+
+    def close(self) -> None:
+        """Stop retries and bodies in flight (they raise :class:`FetchError` "cancelled")."""
+        self.stop.set()
