@@ -25,14 +25,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import httpx
 import numpy as np
 from PIL import Image
 
 
-def make_jpegs(count: int, size: Tuple[int, int], seed: int = 0) -> List[bytes]:
+def make_jpegs(count: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
     rng = np.random.default_rng(seed)
     width, height = size
     y, x = np.mgrid[0:height, 0:width]
@@ -67,7 +66,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, folder: Path) -> Tuple[subprocess.Popen, str]:
+def start_server(args: argparse.Namespace, folder: Path) -> tuple[subprocess.Popen, str]:
     if args.checkpoint or args.model:
         model_args = ["--checkpoint", args.checkpoint] if args.checkpoint else ["--model", args.model]
     else:
@@ -108,9 +107,9 @@ def start_server(args: argparse.Namespace, folder: Path) -> Tuple[subprocess.Pop
     raise SystemExit("server did not start within 180 s")
 
 
-async def run_round(url: str, images: List[bytes], clients: int, seconds: float, per_request: int, seed: int):
-    latencies: List[float] = []
-    errors: List[str] = []
+async def run_round(url: str, images: list[bytes], clients: int, seconds: float, per_request: int, seed: int):
+    latencies: list[float] = []
+    errors: list[str] = []
     rng = random.Random(seed)
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -137,7 +136,7 @@ async def run_round(url: str, images: List[bytes], clients: int, seconds: float,
     return latencies, errors, elapsed
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds (default 4)")

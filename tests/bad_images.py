@@ -6,7 +6,6 @@ import io
 import struct
 import zlib
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 from PIL import Image
@@ -33,7 +32,7 @@ def huge_png_header(path: Path, width: int = 30_000, height: int = 30_000) -> Pa
     return path
 
 
-def bad_files(folder: Path) -> Dict[str, str]:
+def bad_files(folder: Path) -> dict[str, str]:
     """Write one file per kind of bad input; returns {path: expected words in the error}."""
     folder.mkdir(parents=True, exist_ok=True)
     good = make_photo(folder / "source.jpg", size=(400, 300))
@@ -57,7 +56,7 @@ def bad_files(folder: Path) -> Dict[str, str]:
     }
 
 
-def odd_mode_files(folder: Path) -> Dict[str, str]:
+def odd_mode_files(folder: Path) -> dict[str, str]:
     """Valid images in modes that need conversion to RGB; returns {path: source mode}."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -69,7 +68,7 @@ def ava_main(argv: Sequence[str]) -> int:
         cli.COMMAND_MODULES = saved
 
 
-def ava_subprocess(argv: Sequence[str], cwd: Optional[Path] = None, **kwargs) -> subprocess.Popen:
+def ava_subprocess(argv: Sequence[str], cwd: Path | None = None, **kwargs) -> subprocess.Popen:
     """Start ``beholder ava ...`` (see CLI_BOOTSTRAP) as a child process."""
     return subprocess.Popen(
         [sys.executable, "-c", CLI_BOOTSTRAP, *argv],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -37,7 +36,7 @@ class _StoredAsIs(dict):
         return True
 
 
-def make_dng(path: Path, mosaic_size: tuple[int, int], preview: Optional[Image.Image] = None) -> Path:
+def make_dng(path: Path, mosaic_size: tuple[int, int], preview: Image.Image | None = None) -> Path:
     """Write a DNG of ``mosaic_size`` (w, h) with random 12-bit Bayer data, and ``preview`` as JPEG."""
     tifffile = __import__("tifffile")
     width, height = mosaic_size

@@ -13,7 +13,6 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pytest
@@ -90,7 +89,7 @@ def files(*items):
     return [("files", (name, data)) for name, data in items]
 
 
-def post_concurrently(app, requests_files: List[list], path: str = "/v1/score") -> List[httpx.Response]:
+def post_concurrently(app, requests_files: list[list], path: str = "/v1/score") -> list[httpx.Response]:
     """Send requests at once through one event loop (httpx + ASGI transport, no sockets)."""
 
     async def run():

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -62,7 +61,7 @@ LEARN = [
 ]
 
 
-def read_history(path: Path) -> List[Dict[str, str]]:
+def read_history(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
@@ -312,7 +311,7 @@ def test_a_finished_run_is_extended_by_resuming_with_more_epochs_in_its_last_pha
     assert load_config(run / "config.yaml").phase2.epochs == 2
 
 
-def _train_command(data: Path, run: Path, *extra: str) -> List[str]:
+def _train_command(data: Path, run: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "beholder", "train", "--data", str(data), "--out", str(run), *extra]
 
 
@@ -328,7 +327,7 @@ RESUME = [
 ]
 
 
-def _run_until(command: List[str], history: Path, rows: int, env: Dict[str, str]) -> int:
+def _run_until(command: list[str], history: Path, rows: int, env: dict[str, str]) -> int:
     """Start ``command``, SIGKILL it once ``history`` has ``rows`` data rows; returns rows reached."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

@@ -7,8 +7,8 @@ must reach a high rank correlation on held-out images.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,7 +82,7 @@ def make_prepared_dir(
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "cache").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    rows: List[dict] = []
+    rows: list[dict] = []
     image_id = 1000
     for split, count in zip(("train", "val", "test"), counts):
         for brightness in rng.uniform(0, 1, size=count):

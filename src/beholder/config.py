@@ -22,7 +22,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import yaml
 
@@ -36,10 +36,6 @@ TRAINABLE = ("head", "all")
 DEFAULT_RECIPE = "nima_mobilenet"
 
 _RECIPE_DIR = Path(__file__).resolve().parent / "configs"
-
-
-# The dataclass fields say Optional[X], not X | None: _set reads them at run time with
-# typing.get_type_hints, which cannot evaluate "X | None" on Python 3.9.
 
 
 @dataclass
@@ -62,8 +58,8 @@ class ModelConfig:
     backbone: str = "keras_mobilenet_v1"
     alpha: float = 1.0
     dropout: float = 0.75
-    backbone_weights: Optional[str] = "keras-mobilenet-v1-1.0-imagenet"
-    init: Optional[str] = None
+    backbone_weights: str | None = "keras-mobilenet-v1-1.0-imagenet"
+    init: str | None = None
 
 
 @dataclass
@@ -88,7 +84,7 @@ class RebalanceConfig:
     target_share: float = 0.05
     max_copies: int = 4
     scale_jitter: float = 0.1
-    jpeg_quality_min: Optional[int] = 75
+    jpeg_quality_min: int | None = 75
 
 
 @dataclass
@@ -112,12 +108,12 @@ class DataConfig:
         rebalance: oversampling of rare mean scores (:class:`RebalanceConfig`).
     """
 
-    image_size: Optional[int] = 256
-    crop: Optional[int] = 224
-    interpolation: Optional[str] = "bilinear"
+    image_size: int | None = 256
+    crop: int | None = 224
+    interpolation: str | None = "bilinear"
     hflip: bool = True
     use_cache: bool = True
-    undersample_per_bin: Optional[int] = 2000
+    undersample_per_bin: int | None = 2000
     bins: int = 10
     resample_each_epoch: bool = True
     num_workers: int = 2
@@ -144,7 +140,7 @@ class PhaseConfig:
     trainable: str = "head"
     lr: float = 1e-3
     decay: float = 0.0
-    backbone_lr: Optional[float] = None
+    backbone_lr: float | None = None
 
 
 @dataclass
@@ -188,7 +184,7 @@ class TrainConfig:
     phase2: PhaseConfig = field(default_factory=_phase2_default)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     batch_size: int = 96
-    eval_batch_size: Optional[int] = None
+    eval_batch_size: int | None = None
     seed: int = 42
     device: str = "auto"
     amp: str = "auto"
@@ -431,7 +427,7 @@ def _set(config: TrainConfig, dotted: str, value: Any) -> None:
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a field's type hint, converting int->float and numeric strings."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union or origin is getattr(types, "UnionType", Union):
+    if origin is Union or origin is types.UnionType:  # Optional[X] or X | None
         if value is None and type(None) in args:
             return None
         (hint,) = [a for a in args if a is not type(None)]

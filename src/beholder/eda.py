@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ from beholder.files import PathLike, atomic_write, atomic_write_text, write_json
 from beholder.imageio import open_image
 from beholder.ratings import THRESHOLD, VOTE_COLUMNS
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.json"
@@ -56,7 +56,7 @@ _STAT_KEYS = ("count", "mean", "std", "min", "q25", "q50", "q75", "max")
 _DPI = 100
 
 
-def describe_column(values: Union[Sequence[float], np.ndarray, pd.Series]) -> dict[str, Optional[float]]:
+def describe_column(values: Sequence[float] | np.ndarray | pd.Series) -> dict[str, float | None]:
     """count, mean, sample std (ddof=1), min, quartiles (linear) and max of ``values`` (NaNs dropped).
 
     Statistics that do not exist (std of one value, anything of none) are None.
@@ -84,7 +84,7 @@ def _share(mask: np.ndarray, total: int) -> dict[str, Any]:
 
 
 def rating_ranges(
-    means: Union[np.ndarray, pd.Series], central: tuple[float, float] = (4.0, 7.0)
+    means: np.ndarray | pd.Series, central: tuple[float, float] = (4.0, 7.0)
 ) -> dict[str, Any]:
     """Counts and shares of mean ratings below, inside (inclusive) and above ``central``, and above 5."""
     low, high = central
@@ -274,7 +274,7 @@ def _technical(manifest: pd.DataFrame, out_dir: Path) -> dict[str, str]:
     return files
 
 
-def _thumbnail(row: Any, side: int = 192) -> Optional[np.ndarray]:
+def _thumbnail(row: Any, side: int = 192) -> np.ndarray | None:
     # The source keeps the true aspect ratio; the square cache is the fallback.
     for path in (row.source_path, row.cache_path):
         try:
@@ -418,7 +418,7 @@ def eda(
 
     _write_report(out / REPORT_FILE, manifest, summary, data_dir, sample_rows, seed)
     write_json(out / SUMMARY_FILE, summary)
-    logger.info("wrote %s and %s", out / REPORT_FILE, out / SUMMARY_FILE)
+    log.info("wrote %s and %s", out / REPORT_FILE, out / SUMMARY_FILE)
     return summary
 
 

@@ -25,8 +25,9 @@ import logging
 import os
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,7 +80,7 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def _written_opset(proto: Any) -> Optional[int]:
+def _written_opset(proto: Any) -> int | None:
     return next((op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")), None)
 
 
@@ -118,12 +119,12 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export_onnx(
     model: NIMA,
-    path: Union[str, os.PathLike],
+    path: str | os.PathLike,
     *,
     opset: int = DEFAULT_OPSET,
     output: str = "probabilities",
-    name: Optional[str] = None,
-    provenance: Optional[Dict[str, Any]] = None,
+    name: str | None = None,
+    provenance: dict[str, Any] | None = None,
     check: bool = True,
 ) -> Path:
     """Write ``model`` as an ONNX file with a dynamic batch axis and Beholder metadata.
@@ -215,7 +216,7 @@ def export_onnx(
     return path
 
 
-def load_onnx_metadata(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+def load_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Read the Beholder metadata of an exported ONNX file.
 
     Returns a dict with ``model``, ``version`` (of Beholder), ``format_version``, ``output``

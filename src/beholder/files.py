@@ -12,8 +12,9 @@ import json
 import math
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -73,7 +74,7 @@ def strict_json_value(value: Any) -> Any:
     return value
 
 
-def dumps_json(data: Any, *, indent: Optional[int] = 2) -> str:
+def dumps_json(data: Any, *, indent: int | None = 2) -> str:
     """Strict JSON text: NaN and infinities become null (``json.dumps`` would write bare NaN)."""
     return json.dumps(strict_json_value(data), indent=indent, default=str, allow_nan=False)
 
@@ -93,7 +94,7 @@ def remove_stale_temporaries(directory: PathLike, pattern: str = f".*{TEMP_SUFFI
     return removed
 
 
-def progress_bar(progress: Optional[bool] = None, **kwargs: Any):
+def progress_bar(progress: bool | None = None, **kwargs: Any):
     """A tqdm bar with rate and ETA; ``progress=None`` shows it only on a terminal."""
     from tqdm import tqdm
 

@@ -15,15 +15,16 @@ import io
 import logging
 import os
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, features
 
 from beholder.errors import ImageLoadError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif", ".heics", ".heifs", ".avif", ".avifs"})
 #: Camera RAW suffixes LibRaw reads; decoded through rawpy.
@@ -43,7 +44,7 @@ _register_lock = threading.Lock()
 _heif_registered = False
 
 
-def sniff_heif(head: bytes) -> Optional[str]:
+def sniff_heif(head: bytes) -> str | None:
     """'avif', 'heif' or None, from the first bytes of a file (its ``ftyp`` box)."""
     if len(head) < 12 or head[4:8] != b"ftyp":
         return None
@@ -79,7 +80,7 @@ def ensure_heif_support(kind: str, label: str) -> None:
         _heif_registered = True
 
 
-def is_raw_name(name: Optional[str]) -> bool:
+def is_raw_name(name: str | None) -> bool:
     return bool(name) and os.path.splitext(str(name))[1].lower() in RAW_SUFFIXES
 
 
@@ -87,7 +88,7 @@ def is_raw_name(name: Optional[str]) -> bool:
 _RAW_FLIPS = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
 
 
-def choose_preview(thumb: Any, sensor_size: tuple[int, int]) -> Optional[Image.Image]:
+def choose_preview(thumb: Any, sensor_size: tuple[int, int]) -> Image.Image | None:
     """The embedded preview as a (lazy) PIL image if it is a full-size one, else None.
 
     ``thumb`` is rawpy's ``extract_thumb()`` result. A preview counts as full-size when its longer side
@@ -102,14 +103,14 @@ def choose_preview(thumb: Any, sensor_size: tuple[int, int]) -> Optional[Image.I
     else:
         return None
     if 2 * max(image.size) < max(sensor_size):
-        logger.debug("RAW preview %s too small for sensor %s; demosaicing", image.size, sensor_size)
+        log.debug("RAW preview %s too small for sensor %s; demosaicing", image.size, sensor_size)
         return None
     return image
 
 
 def open_raw(
     fp: BinaryIO, label: str, reserve: Callable[[int], AbstractContextManager[Any]]
-) -> tuple[Image.Image, Optional[Image.Transpose]]:
+) -> tuple[Image.Image, Image.Transpose | None]:
     """Open a camera RAW file: (image, transposition still to apply for LibRaw's orientation).
 
     The full-size JPEG preview is returned lazily (not decoded yet, so the caller's pixel and memory

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -39,9 +39,9 @@ from PIL import Image, UnidentifiedImageError
 from beholder import formats
 from beholder.errors import ImageLoadError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image
 
 #: Default pixel limit: 128 megapixels, far above any camera photo, far below a decompression bomb.
 DEFAULT_MAX_PIXELS = 128_000_000
@@ -148,7 +148,7 @@ def _quiet() -> Iterator[None]:
         warnings.simplefilter("always")
         yield
     for warning in caught:
-        logger.debug("suppressed %s: %s", warning.category.__name__, warning.message)
+        log.debug("suppressed %s: %s", warning.category.__name__, warning.message)
 
 
 def _raise_pillow_block_cache() -> None:
@@ -160,7 +160,7 @@ def _raise_pillow_block_cache() -> None:
             _blocks_raised = True
 
 
-def describe(source: ImageSource, name: Optional[str] = None) -> str:
+def describe(source: ImageSource, name: str | None = None) -> str:
     """A human name for ``source`` to use in messages."""
     if name:
         return name
@@ -174,11 +174,11 @@ def describe(source: ImageSource, name: Optional[str] = None) -> str:
 def open_image(
     source: ImageSource,
     *,
-    name: Optional[str] = None,
-    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
-    draft_size: Optional[tuple[int, int]] = None,
-    max_bytes: Optional[int] = DEFAULT_MAX_DECODE_BYTES,
-    budget: Optional[DecodeBudget] = None,
+    name: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+    max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+    budget: DecodeBudget | None = None,
 ) -> Image.Image:
     """Open, fully decode, EXIF-rotate and convert ``source`` to an 8-bit RGB image.
 
@@ -204,11 +204,11 @@ def open_image(
 def decode_image(
     source: ImageSource,
     *,
-    name: Optional[str] = None,
-    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
-    draft_size: Optional[tuple[int, int]] = None,
-    max_bytes: Optional[int] = DEFAULT_MAX_DECODE_BYTES,
-    budget: Optional[DecodeBudget] = None,
+    name: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+    max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+    budget: DecodeBudget | None = None,
     keep_grey: bool = False,
 ) -> Image.Image:
     """:func:`open_image`, except that with ``keep_grey`` greyscale images come back in mode 'L'.
@@ -304,7 +304,7 @@ def _decode_problem(exc: Exception) -> str:
     return "truncated image data" if "truncated" in text.lower() else f"corrupt image data ({text})"
 
 
-def _bomb_problem(exc: Exception, max_pixels: Optional[int]) -> str:
+def _bomb_problem(exc: Exception, max_pixels: int | None) -> str:
     # Pillow refuses images beyond twice its own global limit while opening, before our check can
     # run; say what the image claims against Beholder's limit, not Pillow's.
     match = _PIL_BOMB.search(str(exc))
@@ -317,9 +317,9 @@ def _bomb_problem(exc: Exception, max_pixels: Optional[int]) -> str:
 def _decode(
     fp: BinaryIO,
     label: str,
-    max_pixels: Optional[int],
-    draft_size: Optional[tuple[int, int]],
-    max_bytes: Optional[int],
+    max_pixels: int | None,
+    draft_size: tuple[int, int] | None,
+    max_bytes: int | None,
     budget: DecodeBudget,
     keep_grey: bool,
 ) -> Image.Image:
@@ -378,7 +378,7 @@ def _reduce_to_fit(image: Image.Image, label: str, needed: int, max_bytes: int, 
             image.draft(image.mode, (width // scale, height // scale))
             needed = _decode_bytes(image, keep_grey)
             if needed <= max_bytes:
-                logger.warning(
+                log.warning(
                     "%s: decoding at %dx%d instead of %dx%d to stay under %.0f MB",
                     label, *image.size, width, height, max_bytes / 1e6,
                 )  # fmt: skip
@@ -390,14 +390,14 @@ def _reduce_to_fit(image: Image.Image, label: str, needed: int, max_bytes: int, 
     )
 
 
-def _orientation(image: Image.Image) -> Optional[Image.Transpose]:
+def _orientation(image: Image.Image) -> Image.Transpose | None:
     try:
         return _ORIENTATIONS.get(image.getexif().get(0x0112))
     except (OSError, SyntaxError, ValueError, TypeError, KeyError):
         return None  # unreadable EXIF: show the pixels as stored
 
 
-def _upright(image: Image.Image, method: Optional[Image.Transpose]) -> Image.Image:
+def _upright(image: Image.Image, method: Image.Transpose | None) -> Image.Image:
     return image if method is None else image.transpose(method)
 
 
@@ -460,7 +460,7 @@ def _finite_max(values: np.ndarray) -> float:
     return float(np.max(values, where=np.isfinite(values), initial=-np.inf))
 
 
-def is_image_file(path: Union[str, os.PathLike]) -> bool:
+def is_image_file(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_SUFFIXES
 
 
@@ -472,7 +472,7 @@ class FoundImages:
     problems: list[ImageLoadError] = field(default_factory=list)
 
 
-def find_images(patterns: Sequence[Union[str, os.PathLike]]) -> FoundImages:
+def find_images(patterns: Sequence[str | os.PathLike]) -> FoundImages:
     """Expand files, directories (recursively, image suffixes, no hidden files, sorted) and globs.
 
     Never raises for a bad input: a path that is missing or cannot be reached is kept as a path,
@@ -511,9 +511,9 @@ def _scan_directory(top: str, problems: list[ImageLoadError]) -> list[str]:
     return [str(path) for path in sorted(paths)]
 
 
-def expand_inputs(patterns: Sequence[Union[str, os.PathLike]]) -> list[str]:
+def expand_inputs(patterns: Sequence[str | os.PathLike]) -> list[str]:
     """:func:`find_images`' paths; its problems are logged as warnings (use find_images to report them)."""
     found = find_images(patterns)
     for problem in found.problems:
-        logger.warning("%s", problem)
+        log.warning("%s", problem)
     return found.paths

@@ -22,11 +22,11 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,11 +62,11 @@ class ScoreResult:
     """
 
     path: str
-    mean: Optional[float] = None
-    std: Optional[float] = None
-    percentile: Optional[float] = None
-    distribution: Optional[list[float]] = None
-    error: Optional[str] = None
+    mean: float | None = None
+    std: float | None = None
+    percentile: float | None = None
+    distribution: list[float] | None = None
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -89,7 +89,7 @@ def rank(results: Iterable[ScoreResult]) -> list[ScoreResult]:
     return sorted(results, key=lambda r: (r.error is not None, -(r.mean or 0.0)))
 
 
-def results_json(results: Iterable[ScoreResult], indent: Optional[int] = 2) -> str:
+def results_json(results: Iterable[ScoreResult], indent: int | None = 2) -> str:
     """Strict JSON (never NaN or Infinity; :func:`fill_scores` turns those into errors)."""
     return json.dumps([r.to_dict() for r in results], indent=indent, allow_nan=False)
 
@@ -176,16 +176,16 @@ class Scorer:
 
     def __init__(
         self,
-        model: Optional[NIMA] = None,
+        model: NIMA | None = None,
         *,
         runtime: str = "torch",
-        device: Optional[str] = None,
+        device: str | None = None,
         batch_size: int = 32,
-        workers: Optional[int] = None,
-        max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
-        name: Optional[str] = None,
+        workers: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        name: str | None = None,
         fidelity: str = DEFAULT_FIDELITY,
-        engine: Optional[Callable[[Any], np.ndarray]] = None,
+        engine: Callable[[Any], np.ndarray] | None = None,
     ):
         if (model is None) == (engine is None):
             raise ConfigError("a Scorer needs a model or a runtime engine (one of them)")
@@ -214,9 +214,9 @@ class Scorer:
         cls,
         name: str = DEFAULT_MODEL,
         *,
-        weights: Optional[Union[str, os.PathLike]] = None,
+        weights: str | os.PathLike | None = None,
         runtime: str = "torch",
-        device: Optional[str] = None,
+        device: str | None = None,
         **kwargs: Any,
     ) -> Scorer:
         """A scorer for a registered model (see ``beholder models``); downloads weights if needed.
@@ -257,10 +257,10 @@ class Scorer:
     @classmethod
     def from_checkpoint(
         cls,
-        path: Union[str, os.PathLike],
+        path: str | os.PathLike,
         *,
         runtime: str = "torch",
-        device: Optional[str] = None,
+        device: str | None = None,
         **kwargs: Any,
     ) -> Scorer:
         """A scorer for a checkpoint written by ``beholder train`` (it carries its preprocessing)."""
@@ -281,10 +281,10 @@ class Scorer:
     @classmethod
     def from_onnx(
         cls,
-        path: Union[str, os.PathLike],
+        path: str | os.PathLike,
         *,
         runtime: str = "auto",
-        device: Optional[str] = None,
+        device: str | None = None,
         **kwargs: Any,
     ) -> Scorer:
         """A scorer for an ONNX file written by ``beholder export`` (or by anyone, with its metadata).
@@ -305,8 +305,8 @@ class Scorer:
         provenance: dict[str, Any],
         *,
         runtime: str,
-        device: Optional[str],
-        packaged_onnx: Optional[Callable[[], Optional[Path]]] = None,
+        device: str | None,
+        packaged_onnx: Callable[[], Path | None] | None = None,
         **kwargs: Any,
     ) -> Scorer:
         resolved = resolve_runtime_name(runtime, device)
@@ -330,7 +330,7 @@ class Scorer:
     # -- scoring -----------------------------------------------------------------------------
 
     def preprocess(
-        self, source: ImageSource, name: Optional[str] = None, *, max_pixels: Any = _OWN_LIMIT
+        self, source: ImageSource, name: str | None = None, *, max_pixels: Any = _OWN_LIMIT
     ) -> np.ndarray:
         """Load one image and turn it into the model's (3, H, W) float32 input.
 
@@ -347,7 +347,7 @@ class Scorer:
         self,
         inputs: Iterable[ImageSource],
         *,
-        names: Optional[Sequence[str]] = None,
+        names: Sequence[str] | None = None,
         progress: bool = False,
     ) -> Iterator[ScoreResult]:
         """Score inputs lazily, yielding one :class:`ScoreResult` per input, in input order."""
@@ -381,9 +381,9 @@ class Scorer:
 
     def score(
         self,
-        inputs: Union[ImageSource, Iterable[ImageSource]],
+        inputs: ImageSource | Iterable[ImageSource],
         *,
-        names: Optional[Sequence[str]] = None,
+        names: Sequence[str] | None = None,
         progress: bool = False,
     ) -> list[ScoreResult]:
         """Score one input or many (paths, bytes, file objects or PIL images); see :meth:`iter_score`."""
@@ -392,7 +392,7 @@ class Scorer:
         return list(self.iter_score(list(inputs), names=names, progress=progress))
 
 
-def _weights_sha256(spec: Any, weights: Optional[Union[str, os.PathLike]]) -> str:
+def _weights_sha256(spec: Any, weights: str | os.PathLike | None) -> str:
     """The sha256 of the file a registered model's weights come from (hashed, never trusted by name)."""
     from beholder.weights import resolve_weights, sha256_file
 
@@ -407,11 +407,11 @@ def _cached_engine(
     identity: Callable[[], dict[str, Any]],
     name: str,
     provenance: dict[str, Any],
-    device: Optional[str],
+    device: str | None,
     *,
     auto: bool,
-    packaged_onnx: Optional[Callable[[], Optional[Path]]] = None,
-) -> Optional[Any]:
+    packaged_onnx: Callable[[], Path | None] | None = None,
+) -> Any | None:
     """The ONNX runtime on the model's ONNX file: the packaged one, else the cached export of the
     model ``build`` makes, exported on a miss.
 

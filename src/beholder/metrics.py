@@ -12,7 +12,6 @@ turn them into JSON null (:func:`beholder.files.write_json`).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 
@@ -83,11 +82,11 @@ def _mae(error: np.ndarray) -> float:
 
 
 def summarize(
-    true_p: Optional[np.ndarray],
+    true_p: np.ndarray | None,
     predicted_p: np.ndarray,
     *,
-    true_mean: Optional[np.ndarray] = None,
-    true_std: Optional[np.ndarray] = None,
+    true_mean: np.ndarray | None = None,
+    true_std: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The standard NIMA metrics (:data:`SUMMARY_KEYS`) of (N, 10) predicted distributions.
 
@@ -132,7 +131,7 @@ def tail_metrics(
     true_mean: np.ndarray,
     predicted_p: np.ndarray,
     *,
-    true_p: Optional[np.ndarray] = None,
+    true_p: np.ndarray | None = None,
     thresholds: tuple[float, float] = TAIL_THRESHOLDS,
 ) -> dict[str, dict[str, float]]:
     """EMD, MAE of the mean and binary accuracy (:data:`TAIL_KEYS`) per range of the true mean.

@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from beholder import __version__
 from beholder.files import atomic_write, write_json

@@ -13,7 +13,8 @@ users' ``--onnx`` files and every freshly built cache entry.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Union
 
 import numpy as np
 
@@ -30,7 +29,7 @@ def _table() -> tuple[np.ndarray, np.ndarray]:
     return unique, (levels[first] + levels[last]) / 2
 
 
-def percentile(mean: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
+def percentile(mean: float | np.ndarray) -> float | np.ndarray:
     """Percent (0..100) of AVA photos whose mean score is below ``mean``; monotone in ``mean``."""
     means, levels = _table()
     result = np.interp(np.asarray(mean, np.float64), means, levels, left=0.0, right=100.0)

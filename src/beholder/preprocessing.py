@@ -13,7 +13,7 @@ torchvision are imported inside the transform builders, which only training and 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -51,7 +51,7 @@ class Preprocessing:
 
     resize: Any = (224, 224)
     interpolation: str = "nearest"
-    crop: Optional[int] = None
+    crop: int | None = None
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -85,7 +85,7 @@ class Preprocessing:
         # Older checkpoints and ONNX files carry an unused 'extra' field.
         return cls(**{key: value for key, value in data.items() if key != "extra"})
 
-    def draft_size(self) -> Optional[tuple[int, int]]:
+    def draft_size(self) -> tuple[int, int] | None:
         """The (w, h) a JPEG may be decoded at (PIL draft mode) without changing the result much.
 
         libjpeg's DCT scaling is a box filter; it is only harmless when the model then resizes
@@ -95,7 +95,7 @@ class Preprocessing:
         """
         return None if self.interpolation == "nearest" else self._twice_input()
 
-    def fidelity_draft_size(self, fidelity: str = DEFAULT_FIDELITY) -> Optional[tuple[int, int]]:
+    def fidelity_draft_size(self, fidelity: str = DEFAULT_FIDELITY) -> tuple[int, int] | None:
         """The (w, h) :func:`load_input` lets a JPEG decode at in ``fidelity``; None for full size.
 
         ``exact`` never drafts (any draft changes pixels); ``fast`` drafts to at least twice the
@@ -121,10 +121,10 @@ def load_input(
     source: ImageSource,
     pre: Preprocessing,
     *,
-    name: Optional[str] = None,
-    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     fidelity: str = DEFAULT_FIDELITY,
-    budget: Optional[DecodeBudget] = None,
+    budget: DecodeBudget | None = None,
 ) -> np.ndarray:
     """Decode ``source`` and preprocess it as ``pre`` declares: a (3, H, W) float32 array.
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Union
 
 from beholder.errors import ConfigError
 from beholder.imageio import ImageSource
@@ -62,8 +62,8 @@ def depthwise_convolutions(model) -> list[str]:
 
 
 def quantize_int8(
-    onnx_path: Union[str, os.PathLike],
-    out_path: Union[str, os.PathLike],
+    onnx_path: str | os.PathLike,
+    out_path: str | os.PathLike,
     calibration_images: Iterable[ImageSource],
 ) -> Path:
     """Write an int8 copy of a Beholder fp32 ONNX export, calibrated on ``calibration_images``.

@@ -26,8 +26,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class TorchRuntime:
     name = "torch"
 
     def __init__(
-        self, model: NIMA, device: Optional[str] = None, channels_last: bool = True, fuse: bool = True
+        self, model: NIMA, device: str | None = None, channels_last: bool = True, fuse: bool = True
     ):
         import torch
 
@@ -99,7 +100,7 @@ def exporter_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
 
 
-def exported_onnx(model: NIMA, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
+def exported_onnx(model: NIMA, cache_dir: str | os.PathLike | None = None) -> Path:
     """The model as an ONNX file (probabilities output), exported once and cached by fingerprint.
 
     The key covers the weights, architecture, preprocessing and exporter versions, so a retrained
@@ -124,11 +125,11 @@ class _OnnxFileRuntime:
 
     def __init__(
         self,
-        model: Optional[NIMA],
+        model: NIMA | None,
         *,
-        threads: Optional[int],
-        cache_dir: Optional[Union[str, os.PathLike]],
-        path: Optional[Union[str, os.PathLike]],
+        threads: int | None,
+        cache_dir: str | os.PathLike | None,
+        path: str | os.PathLike | None,
     ):
         if (model is None) == (path is None):
             raise ConfigError(
@@ -160,7 +161,7 @@ class _OnnxFileRuntime:
 
     @classmethod
     def from_file(
-        cls, path: Union[str, os.PathLike], device: Optional[str] = None, *, verify: bool = False, **kwargs
+        cls, path: str | os.PathLike, device: str | None = None, *, verify: bool = False, **kwargs
     ):
         """Run an ONNX file written by :func:`beholder.export.export_onnx`.
 
@@ -194,12 +195,12 @@ class OnnxRuntime(_OnnxFileRuntime):
 
     def __init__(
         self,
-        model: Optional[NIMA] = None,
-        device: Optional[str] = None,
+        model: NIMA | None = None,
+        device: str | None = None,
         *,
-        threads: Optional[int] = None,
-        cache_dir: Optional[Union[str, os.PathLike]] = None,
-        path: Optional[Union[str, os.PathLike]] = None,
+        threads: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        path: str | os.PathLike | None = None,
         verify: bool = False,
     ):
         import onnxruntime as ort
@@ -250,12 +251,12 @@ class OpenVinoRuntime(_OnnxFileRuntime):
 
     def __init__(
         self,
-        model: Optional[NIMA] = None,
-        device: Optional[str] = None,
+        model: NIMA | None = None,
+        device: str | None = None,
         *,
-        threads: Optional[int] = None,
-        cache_dir: Optional[Union[str, os.PathLike]] = None,
-        path: Optional[Union[str, os.PathLike]] = None,
+        threads: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        path: str | os.PathLike | None = None,
         verify: bool = False,
     ):
         import openvino as ov
@@ -334,7 +335,7 @@ def available_runtimes() -> list[str]:
     return list(RUNTIMES)
 
 
-def _accelerated(device: Optional[str]) -> bool:
+def _accelerated(device: str | None) -> bool:
     """Whether ``device`` (or, when None, the default torch device) is not the CPU."""
     if device:
         return device.split(":")[0].lower() != "cpu"
@@ -346,7 +347,7 @@ def _accelerated(device: Optional[str]) -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_runtime_name(name: str, device: Optional[str] = None) -> str:
+def resolve_runtime_name(name: str, device: str | None = None) -> str:
     """The concrete runtime ``name`` stands for: ``auto`` becomes the fastest installed one.
 
     On any device but the CPU (``cuda``, ``mps``...) ``auto`` means ``torch``: the CPU engines
@@ -359,7 +360,7 @@ def resolve_runtime_name(name: str, device: Optional[str] = None) -> str:
     return next(candidate for candidate in AUTO_PREFERENCE if candidate in RUNTIMES)
 
 
-def check_available(name: str, requested: Optional[str] = None) -> None:
+def check_available(name: str, requested: str | None = None) -> None:
     """Raise ConfigError unless runtime ``name`` (resolved from ``requested``) is installed here."""
     if name not in RUNTIMES:
         raise ConfigError(
@@ -369,7 +370,7 @@ def check_available(name: str, requested: Optional[str] = None) -> None:
         )
 
 
-def create_runtime(name: str, model: NIMA, device: Optional[str] = None) -> Callable[[Batch], np.ndarray]:
+def create_runtime(name: str, model: NIMA, device: str | None = None) -> Callable[[Batch], np.ndarray]:
     """Build the runtime called ``name`` ('torch', 'onnx', 'openvino' or 'auto') for ``model``.
 
     Raises:
@@ -383,7 +384,7 @@ def create_runtime(name: str, model: NIMA, device: Optional[str] = None) -> Call
 
 
 def runtime_for_file(
-    name: str, path: Union[str, os.PathLike], device: Optional[str] = None, *, verify: bool = True
+    name: str, path: str | os.PathLike, device: str | None = None, *, verify: bool = True
 ) -> _OnnxFileRuntime:
     """An ONNX runtime ('onnx', 'openvino' or 'auto') on the ONNX file at ``path``.
 

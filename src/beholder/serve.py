@@ -33,9 +33,10 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -101,11 +102,11 @@ class MicroBatcher:
             raise ConfigError(f"max batch must be at least 1, got {max_batch}")
         self.predict, self.max_batch, self.window_s = predict, max_batch, max(0.0, window_s)
         self.stats = BatcherStats()
-        self._executor: Optional[ThreadPoolExecutor] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._queue: Optional[asyncio.Queue] = None
-        self._task: Optional[asyncio.Task] = None
-        self._carry: Optional[_Job] = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._carry: _Job | None = None
 
     def _ensure_started(self) -> asyncio.Queue:
         # Bound to the running loop lazily: test clients may run each app instance in its own loop.
@@ -135,7 +136,7 @@ class MicroBatcher:
         parts = await asyncio.gather(*futures)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    async def _next_jobs(self, queue: asyncio.Queue) -> List[_Job]:
+    async def _next_jobs(self, queue: asyncio.Queue) -> list[_Job]:
         first = self._carry or await queue.get()
         self._carry = None
         jobs, size = [first], len(first.batch)
@@ -191,7 +192,7 @@ class ServiceConfig:
 
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_files: int = DEFAULT_MAX_FILES
-    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS
     max_batch: int = 32
@@ -223,7 +224,7 @@ class ScoringService:
         self.runtime_name = scorer.runtime_name
         self.model_name = public_model_name(scorer.name)
         self.decode_budget = DecodeBudget(config.decode_budget_bytes)
-        self._decode_pool: Optional[ThreadPoolExecutor] = None
+        self._decode_pool: ThreadPoolExecutor | None = None
         self.batcher = MicroBatcher(
             scorer.predict, max_batch=config.max_batch, window_s=config.batch_window_ms / 1000
         )
@@ -241,7 +242,7 @@ class ScoringService:
             budget=self.decode_budget,
         )  # (3, H, W)
 
-    async def score(self, uploads: List[Tuple[str, bytes]]) -> List[ScoreResult]:
+    async def score(self, uploads: list[tuple[str, bytes]]) -> list[ScoreResult]:
         loop = asyncio.get_running_loop()
         if self._decode_pool is None:
             self._decode_pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="beholder-decode")
@@ -254,7 +255,7 @@ class ScoringService:
             fill_scores(results, await self.batcher.submit(np.stack(inputs)))  # (n, 10)
         return results
 
-    def describe_model(self) -> Dict[str, Any]:
+    def describe_model(self) -> dict[str, Any]:
         scorer = self.scorer
         return {
             "name": self.model_name,
@@ -265,7 +266,7 @@ class ScoringService:
             "scores": list(range(1, scorer.architecture.num_classes + 1)),
         }
 
-    def limits(self) -> Dict[str, Any]:
+    def limits(self) -> dict[str, Any]:
         c = self.config
         return {
             "max_upload_bytes": c.max_upload_bytes,
@@ -290,10 +291,10 @@ class ErrorBody(BaseModel):
     error: str
     detail: str
     # The scoring core's result type (its JSON form is the same as `beholder score --format json`).
-    files: Optional[List[ScoreResult]] = None
+    files: list[ScoreResult] | None = None
 
 
-def _failure(results: List[ScoreResult]) -> ApiError:
+def _failure(results: list[ScoreResult]) -> ApiError:
     files = [r.to_dict() for r in results]
     names = ", ".join(repr(r.path) for r in results[:5]) + (" ..." if len(results) > 5 else "")
     if all(r.error.startswith(_NOT_AN_IMAGE) for r in results):
@@ -305,7 +306,7 @@ def _failure(results: List[ScoreResult]) -> ApiError:
     return ApiError(422, "invalid_image", f"no image could be scored: {detail}", files)
 
 
-def _upload_name(filename: Optional[str], index: int) -> str:
+def _upload_name(filename: str | None, index: int) -> str:
     # Browsers send base names; keep at most 255 characters of whatever the client said.
     name = os.path.basename((filename or "").replace("\\", "/")) or f"upload-{index + 1}"
     return name[:255]
@@ -338,11 +339,11 @@ def create_app(
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
-    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
-    max_batch: Optional[int] = None,
-    workers: Optional[int] = None,
+    max_batch: int | None = None,
+    workers: int | None = None,
     max_active_requests: int = DEFAULT_MAX_ACTIVE_REQUESTS,
     decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
 ):
@@ -416,7 +417,7 @@ def create_app(
         code = str(exc.detail).lower().replace(" ", "_") if exc.status_code in (404, 405) else "http_error"
         return JSONResponse({"error": code, "detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
-    async def read_uploads(request: Request) -> List[Tuple[str, bytes]]:
+    async def read_uploads(request: Request) -> list[tuple[str, bytes]]:
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             raise ApiError(
@@ -436,7 +437,7 @@ def create_app(
                 ) from exc
             raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from exc
         try:
-            uploads: List[Tuple[str, bytes]] = []
+            uploads: list[tuple[str, bytes]] = []
             for index, (field_name, value) in enumerate(form.multi_items()):
                 if not isinstance(value, UploadFile):
                     raise ApiError(
@@ -455,7 +456,7 @@ def create_app(
     async def handle(request: Request, ranked: bool) -> JSONResponse:
         phase = "upload"
 
-        async def work() -> List[ScoreResult]:
+        async def work() -> list[ScoreResult]:
             nonlocal phase
             uploads = await read_uploads(request)
             phase = "scoring"
@@ -487,7 +488,7 @@ def create_app(
 
     @app.post(
         "/v1/score",
-        response_model=List[ScoreResult],
+        response_model=list[ScoreResult],
         responses=error_responses,
         openapi_extra=_MULTIPART_BODY,
         summary="Score images, in upload order",
@@ -498,7 +499,7 @@ def create_app(
 
     @app.post(
         "/v1/rank",
-        response_model=List[ScoreResult],
+        response_model=list[ScoreResult],
         responses=error_responses,
         openapi_extra=_MULTIPART_BODY,
         summary="Score images, best mean first",
@@ -508,11 +509,11 @@ def create_app(
         return await handle(request, ranked=True)
 
     @app.get("/v1/models", summary="The served model and the service's limits")
-    async def models() -> Dict[str, Any]:
+    async def models() -> dict[str, Any]:
         return {"models": [service.describe_model()], "limits": service.limits()}
 
     @app.get("/healthz", summary="Liveness")
-    async def healthz() -> Dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
         stats = service.batcher.stats
         return {
             "status": "ok",

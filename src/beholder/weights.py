@@ -24,9 +24,10 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, Optional, Union
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -50,15 +51,15 @@ class WeightsSpec:
     """A weight file's identity and provenance."""
 
     filename: str
-    url: Optional[str]
-    sha256: Optional[str]
+    url: str | None
+    sha256: str | None
     # "keras_h5" (Keras legacy weights), "torch" (a Beholder checkpoint), "safetensors" (a
     # packaged state_dict, see load_packaged_state_dict) or "onnx" (a packaged ONNX export)
     format: str
     license: str
     source: str  # where the file was published, for people
 
-    def to_dict(self) -> Dict[str, Optional[str]]:
+    def to_dict(self) -> dict[str, str | None]:
         return asdict(self)
 
 
@@ -72,7 +73,7 @@ def weights_search_path() -> list:
     return [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
 
 
-def sha256_file(path: Union[str, Path]) -> str:
+def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(_CHUNK), b""):
@@ -100,7 +101,7 @@ def _candidates(spec: WeightsSpec) -> Iterator[Path]:
     yield cache_dir() / "weights" / spec.filename
 
 
-def find_local_weights(spec: WeightsSpec) -> Optional[Path]:
+def find_local_weights(spec: WeightsSpec) -> Path | None:
     """The first verified local copy of ``spec`` (search path, then cache), or None."""
     for path in _candidates(spec):
         if _verified(path, spec):
@@ -123,10 +124,10 @@ def packaged_path(filename: str) -> Path:
 
 
 #: Packaged files already hashed in this process: (path, size, mtime, expected sha256) -> matched.
-_PACKAGED_CHECKS: Dict[tuple, bool] = {}
+_PACKAGED_CHECKS: dict[tuple, bool] = {}
 
 
-def verify_packaged_file(spec: WeightsSpec, path: Union[str, Path]) -> bool:
+def verify_packaged_file(spec: WeightsSpec, path: str | Path) -> bool:
     """Whether the packaged file at ``path`` matches ``spec``'s pinned sha256; hashed once per process.
 
     A file that does not match is logged as a warning (once) naming the file: the installation is
@@ -157,8 +158,8 @@ def verify_packaged_file(spec: WeightsSpec, path: Union[str, Path]) -> bool:
 
 
 def load_packaged_state_dict(
-    spec: WeightsSpec, path: Optional[Union[str, Path]] = None
-) -> Dict[str, "torch.Tensor"]:
+    spec: WeightsSpec, path: str | Path | None = None
+) -> dict[str, torch.Tensor]:
     """Verify and read a packaged safetensors ``state_dict``; floating tensors come back as float32.
 
     Args:
@@ -206,7 +207,7 @@ def load_packaged_state_dict(
 
 def resolve_weights(
     spec: WeightsSpec,
-    explicit: Optional[Union[str, Path]] = None,
+    explicit: str | Path | None = None,
     *,
     download: bool = True,
     progress: bool = True,
@@ -240,9 +241,9 @@ def resolve_weights(
 
 def download_file(
     url: str,
-    target: Union[str, Path],
+    target: str | Path,
     *,
-    sha256: Optional[str] = None,
+    sha256: str | None = None,
     progress: bool = True,
     timeout: float = 30.0,
 ) -> Path:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
+from typing import Any
 
 
 def add_model_arguments(
-    parser: argparse.ArgumentParser, runtime: Optional[str] = "default", onnx: bool = False
+    parser: argparse.ArgumentParser, runtime: str | None = "default", onnx: bool = False
 ) -> None:
     """``--model NAME | --checkpoint FILE [| --onnx FILE]``, ``--weights FILE``, ``--device``, ``--runtime``.
 
@@ -80,7 +80,7 @@ def scorer_from_args(args: argparse.Namespace, **kwargs: Any):
     return Scorer.from_pretrained(args.model or DEFAULT_MODEL, weights=args.weights, **options)
 
 
-def check_device(device: Optional[str]) -> None:
+def check_device(device: str | None) -> None:
     """A ConfigError (one line, exit 2) for a device that is not a torch device or not present."""
     if device is None:
         return

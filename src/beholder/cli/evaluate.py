@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from beholder.cli._common import add_model_arguments, check_device, scorer_from_args
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if metrics["n_failed"] else 0
 
 
-def checkpoint_provenance(path: str, trust: bool = False) -> Optional[dict[str, Any]]:
+def checkpoint_provenance(path: str, trust: bool = False) -> dict[str, Any] | None:
     """A checkpoint's ``provenance`` (where its weights came from, what it was fine-tuned from)."""
     from beholder.models.checkpoint import read_checkpoint
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: EXIF tags (Exif IFD) read for the capture time.
 EXIF_IFD = 0x8769
@@ -46,7 +47,7 @@ class CaptureTime:
         return stamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def parse_exif_time(value: Any, subsec: Any = None) -> Optional[float]:
+def parse_exif_time(value: Any, subsec: Any = None) -> float | None:
     """``'YYYY:MM:DD HH:MM:SS'`` (+ SubSecTime digits) -> seconds, or None when absent or malformed."""
     if not isinstance(value, str):
         return None
@@ -62,7 +63,7 @@ def parse_exif_time(value: Any, subsec: Any = None) -> Optional[float]:
     return seconds
 
 
-def capture_time(image: Optional[Image.Image], path: Optional[str] = None) -> CaptureTime:
+def capture_time(image: Image.Image | None, path: str | None = None) -> CaptureTime:
     """EXIF DateTimeOriginal (+ SubSecTimeOriginal), else the file's modification time.
 
     ``image`` is the decoded photo (None when it could not be decoded: only the file time is left).
@@ -76,7 +77,7 @@ def capture_time(image: Optional[Image.Image], path: Optional[str] = None) -> Ca
             if seconds is None:
                 seconds = parse_exif_time(exif.get(DATETIME))
     except Exception:  # a broken EXIF block must not cost the photo; its file time still orders it
-        logger.debug("unreadable EXIF in %s", path, exc_info=True)
+        log.debug("unreadable EXIF in %s", path, exc_info=True)
     if seconds is not None:
         return CaptureTime(seconds, "exif")
     if path is not None:

@@ -19,7 +19,7 @@ from beholder.cull.run import CulledPhoto, CullResult
 from beholder.files import PathLike, atomic_write_bytes, atomic_write_text, write_json
 from beholder.pages import page_text
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CSV_COLUMNS = [
     "path", "group", "pick", "stars", "mean", "std", "percentile", "shoot_percentile",
@@ -169,5 +169,5 @@ def write_report(result: CullResult, out_dir: PathLike, *, title: str = "") -> P
     write_json(out / "cull.json", result.to_dict())
     atomic_write_text(out / "cull.csv", render_csv(result))
     page = atomic_write_text(out / "index.html", render_html(result, title=title))
-    logger.info("cull report written to %s", page)
+    log.info("cull report written to %s", page)
     return page

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -32,7 +32,7 @@ from beholder.errors import ConfigError, ImageLoadError
 from beholder.files import progress_bar
 from beholder.imageio import open_image
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Longest side of the report's thumbnails (also what the perceptual hash is computed from).
 THUMBNAIL_SIZE = 400
@@ -45,19 +45,19 @@ class CulledPhoto:
 
     path: str
     time: CaptureTime
-    mean: Optional[float] = None
-    std: Optional[float] = None
-    distribution: Optional[list[float]] = None
-    error: Optional[str] = None
-    group: Optional[int] = None  # 1-based, in shoot order; None for unreadable photos
+    mean: float | None = None
+    std: float | None = None
+    distribution: list[float] | None = None
+    error: str | None = None
+    group: int | None = None  # 1-based, in shoot order; None for unreadable photos
     pick: bool = False
-    shoot_percentile: Optional[float] = None
-    ava_percentile: Optional[float] = None
-    stars: Optional[int] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    thumbnail: Optional[bytes] = field(default=None, repr=False)  # JPEG bytes
-    phash: Optional[np.ndarray] = field(default=None, repr=False)
+    shoot_percentile: float | None = None
+    ava_percentile: float | None = None
+    stars: int | None = None
+    width: int | None = None
+    height: int | None = None
+    thumbnail: bytes | None = field(default=None, repr=False)  # JPEG bytes
+    phash: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -111,7 +111,7 @@ def _thumbnail(image: Image.Image) -> Image.Image:
     return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def _decode(path: str, max_pixels: Optional[int], draft_size) -> tuple[CulledPhoto, Optional[Image.Image]]:
+def _decode(path: str, max_pixels: int | None, draft_size) -> tuple[CulledPhoto, Image.Image | None]:
     """Decode once; from that one image come the time, the thumbnail, the hash and the model input."""
     try:
         image = open_image(path, max_pixels=max_pixels, draft_size=draft_size)
@@ -125,13 +125,13 @@ def _decode(path: str, max_pixels: Optional[int], draft_size) -> tuple[CulledPho
         small.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
         photo.thumbnail = buffer.getvalue()
     except Exception as exc:  # one odd photo must not stop the shoot; it is listed as unreadable
-        logger.debug("hashing failed for %s", path, exc_info=True)
+        log.debug("hashing failed for %s", path, exc_info=True)
         photo.error = f"{type(exc).__name__}: {exc}"
         return photo, None
     return photo, image
 
 
-def analyse(paths: Sequence[str], scorer, *, progress: Optional[bool] = None) -> list[CulledPhoto]:
+def analyse(paths: Sequence[str], scorer, *, progress: bool | None = None) -> list[CulledPhoto]:
     """Decode, hash and score every photo (in input order), ``scorer.batch_size`` at a time.
 
     The next batch decodes on the thread pool while the model scores this one, so at most two
@@ -166,7 +166,7 @@ def analyse(paths: Sequence[str], scorer, *, progress: Optional[bool] = None) ->
     return photos
 
 
-def _score(scorer, decoded: list[tuple[CulledPhoto, Optional[Image.Image]]]) -> None:
+def _score(scorer, decoded: list[tuple[CulledPhoto, Image.Image | None]]) -> None:
     readable = [(photo, image) for photo, image in decoded if image is not None]
     if not readable:
         return
@@ -216,7 +216,7 @@ def cull(
     group_seconds: float = 2.0,
     similarity: float = 0.9,
     keep: int = 1,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
 ) -> CullResult:
     """Cull a shoot: see :func:`analyse` and :func:`decide`."""
     photos = analyse(paths, scorer, progress=progress)

@@ -21,12 +21,11 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 from xml.etree import ElementTree as ET
 
 from beholder.files import atomic_write_bytes
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 NAMESPACES = {
@@ -112,7 +111,7 @@ class SidecarChange:
     photo: Path
     sidecar: Path
     exists: bool
-    changes: dict[str, tuple[Optional[str], str]] = field(default_factory=dict)
+    changes: dict[str, tuple[str | None, str]] = field(default_factory=dict)
     content: bytes = b""
 
     def describe(self) -> str:
@@ -136,7 +135,7 @@ def _parse(data: bytes, path: Path) -> ET.Element:
             for _, (prefix, uri) in safe_tree.iterparse(io.BytesIO(data), events=("start-ns",)):
                 _register(prefix, uri)
             return safe_tree.fromstring(data)
-        logger.warning("defusedxml is not installed; parsing %s with the standard library", path)
+        log.warning("defusedxml is not installed; parsing %s with the standard library", path)
         return ET.fromstring(data)
     except ET.ParseError as exc:
         raise SidecarError(path, f"not valid XML ({exc})") from exc
@@ -151,7 +150,7 @@ def _register(prefix: str, uri: str) -> None:
         try:
             ET.register_namespace(prefix, uri)
         except ValueError:
-            logger.debug("cannot keep XML prefix %r for %s", prefix, uri)
+            log.debug("cannot keep XML prefix %r for %s", prefix, uri)
 
 
 def _new_packet() -> ET.Element:
@@ -161,7 +160,7 @@ def _new_packet() -> ET.Element:
     return meta
 
 
-def merge_sidecar(existing: Optional[bytes], fields: dict[str, str], path: Path) -> tuple[bytes, dict]:
+def merge_sidecar(existing: bytes | None, fields: dict[str, str], path: Path) -> tuple[bytes, dict]:
     """Merge ``fields`` into an existing sidecar's bytes (or a new packet): ``(new bytes, changes)``.
 
     Each owned field is removed wherever it appears (as an attribute of any ``rdf:Description``,
@@ -174,9 +173,9 @@ def merge_sidecar(existing: Optional[bytes], fields: dict[str, str], path: Path)
     descriptions = rdf.findall(qname("rdf", "Description"))
     if not descriptions:
         descriptions = [ET.SubElement(rdf, qname("rdf", "Description"), {qname("rdf", "about"): ""})]
-    changes: dict[str, tuple[Optional[str], str]] = {}
+    changes: dict[str, tuple[str | None, str]] = {}
     for name, value in fields.items():
-        old: Optional[str] = None
+        old: str | None = None
         for description in descriptions:
             if name in description.attrib:
                 old = description.attrib.pop(name)

@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from beholder.files import PathLike
 from beholder.imageio import IMAGE_SUFFIXES
 from beholder.ratings import VOTE_COLUMNS, mean_std
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Columns of the good-rows table returned by :func:`parse_ava_txt`.
 LABEL_COLUMNS = ["image_id", *VOTE_COLUMNS, "n_votes", "mean", "std", "tag1", "tag2", "challenge_id"]
@@ -51,7 +51,7 @@ _BOM = b"\xef\xbb\xbf"
 
 def bounded_lines(
     handle: BinaryIO, max_bytes: int = MAX_LINE_BYTES
-) -> Iterator[tuple[int, Optional[str], int]]:
+) -> Iterator[tuple[int, str | None, int]]:
     """``(line number, text, length in bytes)`` of each line; text is None for a line over ``max_bytes``.
 
     Memory stays bounded by ``max_bytes`` whatever the file holds: an overlong line is skipped in
@@ -76,7 +76,7 @@ def bounded_lines(
         yield lineno, chunk.decode("utf-8", errors="replace"), length
 
 
-def _parse_int(token: str) -> Optional[int]:
+def _parse_int(token: str) -> int | None:
     """A plain ASCII integer that fits the manifest's int64 columns, else None.
 
     ``int()`` alone also accepts ``"1_000"`` and non-ASCII digits; AVA.txt is plain ASCII digits.
@@ -91,11 +91,11 @@ def _parse_int(token: str) -> Optional[int]:
     return value if abs(value) <= _MAX_FIELD else None
 
 
-def _first_int(fields: Sequence[str], index: int) -> Optional[int]:
+def _first_int(fields: Sequence[str], index: int) -> int | None:
     return _parse_int(fields[index]) if index < len(fields) else None
 
 
-def _check_row(fields: Sequence[str], lineno: int) -> tuple[Optional[list[int]], str, str]:
+def _check_row(fields: Sequence[str], lineno: int) -> tuple[list[int] | None, str, str]:
     """``(15 ints, "", "")`` for a valid row, else ``(None, reason, detail)``."""
     if len(fields) != _N_COLUMNS:
         return None, "bad_column_count", f"line {lineno}: {len(fields)} columns, expected {_N_COLUMNS}"
@@ -115,13 +115,13 @@ def _check_row(fields: Sequence[str], lineno: int) -> tuple[Optional[list[int]],
     return values, "", ""
 
 
-def _read_ava_rows(path: PathLike) -> tuple[list[list[int]], list[tuple[Optional[int], str, str]]]:
+def _read_ava_rows(path: PathLike) -> tuple[list[list[int]], list[tuple[int | None, str, str]]]:
     """Parse AVA.txt into good rows (14 ints: id, 10 votes, tag1, tag2, challenge) and rejections."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"AVA label file not found: {path}")
     good: list[list[int]] = []
-    rejected: list[tuple[Optional[int], str, str]] = []
+    rejected: list[tuple[int | None, str, str]] = []
     first_line: dict[int, int] = {}
     with open(path, "rb") as handle:
         for lineno, line, length in bounded_lines(handle):
@@ -144,7 +144,7 @@ def _read_ava_rows(path: PathLike) -> tuple[list[list[int]], list[tuple[Optional
     return good, rejected
 
 
-def rejected_frame(items: Sequence[tuple[Optional[int], str, str]]) -> pd.DataFrame:
+def rejected_frame(items: Sequence[tuple[int | None, str, str]]) -> pd.DataFrame:
     """The ``rejected.csv`` table (:data:`REJECTED_COLUMNS`) of ``(image id or None, reason, detail)``."""
     frame = pd.DataFrame(list(items), columns=REJECTED_COLUMNS)
     frame["image_id"] = frame["image_id"].astype("Int64")  # NA when the id itself is unreadable
@@ -256,7 +256,7 @@ def find_images(images_dir: PathLike) -> dict[int, Path]:
     return found
 
 
-def default_test_list(ava_txt: PathLike) -> Optional[Path]:
+def default_test_list(ava_txt: PathLike) -> Path | None:
     """The official ``generic_test.jpgl`` where the AVA release puts it beside AVA.txt, if present."""
     candidate = Path(ava_txt).parent / "aesthetics_image_lists" / "generic_test.jpgl"
     return candidate if candidate.is_file() else None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ from beholder.ratings import VOTE_COLUMNS, votes_to_distribution
 log = logging.getLogger(__name__)
 
 #: A dataset key: an index, ``(index, seed)``, or ``(index, seed, copy)`` for an oversampled copy.
-SampleKey = Union[int, tuple[int, int], tuple[int, int, int]]
+SampleKey = int | tuple[int, int] | tuple[int, int, int]
 
 
 def _present(value: Any) -> bool:

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pandas as pd
 from PIL import Image
@@ -58,7 +58,7 @@ from beholder.files import (
 )
 from beholder.imageio import open_image
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: The original AVA source: one HTML page per image id (use with ``page_mode=True``).
 DPCHALLENGE_PAGE_TEMPLATE = "http://www.dpchallenge.com/image.php?IMAGE_ID={id}"
@@ -102,7 +102,7 @@ class _Failure(Exception):
         *,
         retryable: bool,
         url: str = "",
-        retry_after: Optional[float] = None,
+        retry_after: float | None = None,
     ):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.retryable = reason, detail, retryable
@@ -131,7 +131,7 @@ class _ImageSources(HTMLParser):
         self.images: list[str] = []
         self.og_images: list[str] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {name.lower(): value for name, value in attrs if value}
         if tag == "img" and values.get("src"):
             self.images.append(values["src"].strip())
@@ -139,7 +139,7 @@ class _ImageSources(HTMLParser):
             self.og_images.append(values["content"].strip())
 
 
-def find_image_url(html: str, page_url: str, image_id: int) -> Optional[str]:
+def find_image_url(html: str, page_url: str, image_id: int) -> str | None:
     """The address of image ``image_id`` in a DPChallenge-style page, absolute, or None.
 
     The first ``<img src>`` whose file name ends with the id (``<id>.jpg``, ``..._<id>.jpg``: how
@@ -176,7 +176,7 @@ def _looks_complete(path: Path) -> bool:
         return False
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
+def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
@@ -291,7 +291,7 @@ class _Downloader:
     @contextlib.contextmanager
     def _open_one(
         self, url: str, accept: str
-    ) -> Iterator[tuple[Optional[http.client.HTTPResponse], Optional[str]]]:
+    ) -> Iterator[tuple[http.client.HTTPResponse | None, str | None]]:
         """One request: yields (response, None), or (None, Location) for a redirect."""
         request = urllib.request.Request(url, headers={"User-Agent": self.user_agent, "Accept": accept})
         try:
@@ -322,7 +322,7 @@ class _Downloader:
                     "timeout", f"no answer within {self.timeout:g} s", retryable=True, url=url
                 ) from None
             raise _Failure("connection_error", str(exc.reason), retryable=True, url=url) from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise _Failure(
                 "timeout", f"no answer within {self.timeout:g} s", retryable=True, url=url
             ) from None
@@ -377,7 +377,7 @@ class _Downloader:
         """One ``read1`` (what has arrived, so stop and deadline stay checked), failures mapped."""
         try:
             return response.read1(_CHUNK)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise _Failure(
                 "timeout", f"body stalled for {self.timeout:g} s", retryable=True, url=url
             ) from None
@@ -459,7 +459,7 @@ class _Downloader:
         if existing is not None and _looks_complete(existing):
             return _Outcome(image_id, "skipped")
         url = self.url_for(image_id)
-        failure: Optional[_Failure] = None
+        failure: _Failure | None = None
         attempts = 0
         for attempt in range(self.retries + 1):
             if attempt:
@@ -478,11 +478,11 @@ class _Downloader:
                 return _Outcome(image_id, "cancelled")
             except _Failure as exc:
                 failure = exc
-                logger.debug("id %d attempt %d: %s", image_id, attempts, exc)
+                log.debug("id %d attempt %d: %s", image_id, attempts, exc)
                 if not exc.retryable:
                     break
             except Exception as exc:  # a bug must not take the whole run down; report it per id
-                logger.exception("unexpected error downloading id %d", image_id)
+                log.exception("unexpected error downloading id %d", image_id)
                 failure = _Failure(
                     "unexpected_error", f"{type(exc).__name__}: {exc}", retryable=False, url=url
                 )
@@ -593,13 +593,13 @@ def _run_pool(
     workers: int,
     timeout: float,
     abort_after: int,
-    progress: Optional[bool],
-) -> tuple[dict[int, _Outcome], bool, Optional[str]]:
+    progress: bool | None,
+) -> tuple[dict[int, _Outcome], bool, str | None]:
     """Download ``selected`` on ``workers`` threads: ``(outcomes by id, interrupted, abort message)``."""
     outcomes: dict[int, _Outcome] = {}
     counts: Counter[str] = Counter()
     interrupted = False
-    aborted: Optional[str] = None
+    aborted: str | None = None
     consecutive_connection_errors = 0
     bar = progress_bar(progress, total=len(selected), desc="download", unit="img")
     pool = _DaemonPool(worker.download_one, selected, workers, worker.stop)
@@ -625,7 +625,7 @@ def _run_pool(
                     f"stopped after {consecutive_connection_errors} ids in a row failed to connect "
                     f"(last: {outcome.detail}); is the host reachable?"
                 )
-                logger.info(aborted)
+                log.info(aborted)
                 break
     except KeyboardInterrupt:
         interrupted = True
@@ -645,7 +645,7 @@ def _run_pool(
 
 
 def _select_ids(
-    ava_txt: Optional[PathLike], ids: Optional[Iterable[int]], limit: Optional[int]
+    ava_txt: PathLike | None, ids: Iterable[int] | None, limit: int | None
 ) -> tuple[list[int], int]:
     """Ids to fetch in AVA.txt order (restricted to ``ids``), and how many of ``ids`` lack a label row."""
     wanted = None if ids is None else {int(i) for i in ids}
@@ -656,7 +656,7 @@ def _select_ids(
     else:
         labels, rejected = parse_ava_txt(ava_txt)
         if len(rejected):
-            logger.info("%d malformed rows in %s are not downloaded", len(rejected), ava_txt)
+            log.info("%d malformed rows in %s are not downloaded", len(rejected), ava_txt)
         order = labels["image_id"].tolist()
         if wanted is None:
             selected, unlabelled = order, 0
@@ -664,7 +664,7 @@ def _select_ids(
             selected = [i for i in order if i in wanted]
             unlabelled = len(wanted - set(order))
             if unlabelled:
-                logger.warning("%d listed ids have no valid row in %s; skipped", unlabelled, ava_txt)
+                log.warning("%d listed ids have no valid row in %s; skipped", unlabelled, ava_txt)
     if limit is not None:
         selected = selected[: max(0, limit)]
     return selected, unlabelled
@@ -704,11 +704,11 @@ def _summary(
 
 
 def download(
-    ava_txt: Optional[PathLike],
+    ava_txt: PathLike | None,
     out_dir: PathLike,
     *,
-    ids: Optional[Iterable[int]] = None,
-    url_template: Optional[str] = None,
+    ids: Iterable[int] | None = None,
+    url_template: str | None = None,
     page_mode: bool = False,
     workers: int = 8,
     per_host: int = 4,
@@ -716,10 +716,10 @@ def download(
     retries: int = 3,
     backoff: float = 1.0,
     max_backoff: float = 60.0,
-    limit: Optional[int] = None,
+    limit: int | None = None,
     abort_after: int = 20,
-    user_agent: Optional[str] = None,
-    progress: Optional[bool] = None,
+    user_agent: str | None = None,
+    progress: bool | None = None,
     max_bytes: int = MAX_IMAGE_BYTES,
 ) -> dict[str, Any]:
     """Download the images of AVA ids into ``out_dir`` as ``<id>.<ext>``; resumable.
@@ -774,7 +774,7 @@ def download(
     out.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(out, "*.part")  # left by a killed run; never counted as complete
     if stale:
-        logger.info("removed %d partial files left by an earlier run", stale)
+        log.info("removed %d partial files left by an earlier run", stale)
     if selected:
         _check_resolvable(url_template.replace("{id}", str(selected[0])))
 
@@ -808,7 +808,7 @@ def download(
     atomic_write(out / FAILURES_FILE, lambda tmp: frame.to_csv(tmp, index=False))
     write_json(out / SUMMARY_FILE, summary)
     if interrupted:
-        logger.warning(
+        log.warning(
             "interrupted: %d ok, %d skipped, %d failed, %d not attempted; rerun to resume",
             summary["ok"],
             summary["skipped"],
@@ -848,7 +848,7 @@ class Fetcher(_Downloader):
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         max_bytes: int = MAX_IMAGE_BYTES,
-        user_agent: Optional[str] = None,
+        user_agent: str | None = None,
     ):
         if per_host < 1 or retries < 0 or timeout <= 0 or max_bytes < 1:
             raise ConfigError(
@@ -872,7 +872,7 @@ class Fetcher(_Downloader):
 
     def fetch(self, url: str) -> bytes:
         """The body of ``url``. Raises :class:`FetchError` after the last attempt fails."""
-        failure: Optional[_Failure] = None
+        failure: _Failure | None = None
         for attempt in range(self.retries + 1):
             if attempt:
                 delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -889,7 +889,7 @@ class Fetcher(_Downloader):
                 break
             except _Failure as exc:
                 failure = exc
-                logger.debug("%s attempt %d: %s", url, attempt + 1, exc)
+                log.debug("%s attempt %d: %s", url, attempt + 1, exc)
                 if not exc.retryable:
                     break
         if failure is None:

@@ -35,7 +35,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,7 @@ from beholder.errors import ConfigError
 from beholder.files import PathLike
 from beholder.ratings import NUM_BINS, PROBABILITY_COLUMNS, SCORES, VOTE_COLUMNS, mean_std
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: AVA's typical spread of one photo's ratings (the mean of the per-image std over AVA is about 1.4).
 DEFAULT_STD = 1.4
@@ -140,7 +140,7 @@ class RatingColumns:
 
     kind: str
     columns: list[str]
-    std: Optional[str] = None
+    std: str | None = None
 
 
 def rating_columns(columns: list[str], path: PathLike) -> RatingColumns:
@@ -180,7 +180,7 @@ def parse_numbers(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, 
     return values, bad
 
 
-def rating_problem(row: np.ndarray, kind: str) -> Optional[tuple[str, str]]:
+def rating_problem(row: np.ndarray, kind: str) -> tuple[str, str] | None:
     """Why one row of ratings is unusable, as ``(reason, detail)``, or None when it is fine.
 
     ``row`` is ten vote counts or probabilities, or ``(mean, std)`` with std NaN when not given.
@@ -210,7 +210,7 @@ def rating_problem(row: np.ndarray, kind: str) -> Optional[tuple[str, str]]:
 
 def _row_labels(
     frame: pd.DataFrame, rating: RatingColumns, default_std: float
-) -> tuple[np.ndarray, np.ndarray, list[Optional[str]]]:
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """(N, 10) distributions (or counts), (N,) totals (NaN unless votes), and per-row rejection
     reasons as ``"reason:detail"``."""
     kind = rating.kind
@@ -223,7 +223,7 @@ def _row_labels(
             empty = (frame[rating.std].str.strip() == "").to_numpy()
             values[empty, 1] = default_std
             bad = np.where(empty & (bad == 1), -1, bad)
-    reasons: list[Optional[str]] = []
+    reasons: list[str | None] = []
     for i, row in enumerate(values):
         if bad[i] >= 0:
             column = columns[bad[i]]
@@ -367,7 +367,7 @@ def _reject_duplicates(
     ids: list[str],
     counts: np.ndarray,
     splits: list[str],
-    reasons: list[Optional[str]],
+    reasons: list[str | None],
     lines: np.ndarray,
 ) -> None:
     """Rows naming the same file: identical labels keep the smallest id, conflicting ones are all
@@ -409,12 +409,12 @@ def prepare_labels(
     labels_csv: PathLike,
     out_dir: PathLike,
     *,
-    images_dir: Optional[PathLike] = None,
+    images_dir: PathLike | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
     default_std: float = DEFAULT_STD,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
     **cache: Any,
 ) -> dict[str, Any]:
     """Prepare your own rated photos: the AVA pipeline's validation, cache and manifest, from a CSV.

@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import pandas as pd
 
@@ -49,7 +49,7 @@ MANIFEST_COLUMNS = [
 def load_manifest(
     prepared_dir: PathLike,
     *,
-    splits: Optional[Union[str, Sequence[str]]] = None,
+    splits: str | Sequence[str] | None = None,
     check_files: bool = False,
 ) -> pd.DataFrame:
     """Read ``manifest.parquet`` with ``source_path``/``cache_path`` resolved to absolute paths.
@@ -95,7 +95,7 @@ def load_manifest(
     return manifest
 
 
-def prepared_image_settings(prepared_dir: PathLike) -> Optional[dict[str, Any]]:
+def prepared_image_settings(prepared_dir: PathLike) -> dict[str, Any] | None:
     """How ``prepare`` resized the cache images: ``{"image_size": (width, height), "resample": str,
     "jpeg_quality": int}``, read from ``prepare.json``; None when the directory has no
     ``prepare.json`` (a manifest written by other means, whose cache size is unknown).

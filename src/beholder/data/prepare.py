@@ -26,10 +26,10 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, TypeVar
 
 import pandas as pd
 from PIL import Image
@@ -56,7 +56,7 @@ from beholder.files import (
 )
 from beholder.imageio import DEFAULT_MAX_PIXELS, open_image
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Why an image is rejected (after its label row was accepted).
 IMAGE_REASONS = ("missing_file", "unreadable_file", "corrupt_image", "too_large", "too_small")
@@ -111,7 +111,7 @@ class CacheOptions:
     jpeg_quality: int = 95
     resample: str = "bilinear"
     min_side: int = 64
-    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
     fast_decode: bool = True
     workers: int = 1
 
@@ -136,7 +136,7 @@ class CacheOptions:
         }
 
 
-def _in_range(name: str, value: Any, low: float, high: Optional[float] = None) -> None:
+def _in_range(name: str, value: Any, low: float, high: float | None = None) -> None:
     if (
         isinstance(value, bool)
         or not isinstance(value, int)
@@ -149,13 +149,13 @@ def _in_range(name: str, value: Any, low: float, high: Optional[float] = None) -
 
 def cache_options(
     *,
-    image_size: Union[int, Sequence[int]] = 256,
+    image_size: int | Sequence[int] = 256,
     jpeg_quality: int = 95,
     resample: str = "bilinear",
     min_side: int = 64,
-    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     fast_decode: bool = True,
-    workers: Optional[int] = None,
+    workers: int | None = None,
 ) -> CacheOptions:
     """Checked :class:`CacheOptions` (ConfigError naming the option and its allowed range)."""
     size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
@@ -200,7 +200,7 @@ def imap_bounded(
     """
     iterator = iter(items)
     pending: dict[cf.Future, T] = {}
-    failure: Optional[BaseException] = None
+    failure: BaseException | None = None
     try:
         for item in itertools.islice(iterator, max(1, max_in_flight)):
             pending[executor.submit(fn, item)] = item
@@ -242,7 +242,7 @@ class _ImageJob:
     options: CacheOptions
 
 
-def _probe(path: str) -> Optional[tuple[int, int, str, str]]:
+def _probe(path: str) -> tuple[int, int, str, str] | None:
     """Header-only look: (width, height after EXIF orientation, mode, format), or None if unreadable."""
     try:
         with Image.open(path) as image:
@@ -259,7 +259,7 @@ def _probe(path: str) -> Optional[tuple[int, int, str, str]]:
     return width, height, mode, fmt
 
 
-def _unreadable(path: str) -> Optional[str]:
+def _unreadable(path: str) -> str | None:
     """Why ``path`` cannot be read as a regular file (permissions, a FIFO, an I/O error), or None.
 
     Checked before decoding, so that a file we may not read is reported as such and never as
@@ -336,7 +336,7 @@ def _load_state(path: Path) -> dict[str, dict[str, Any]]:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # a damaged state file only costs a full rerun
-        logger.warning("ignoring unreadable %s (%s): every image is processed again", path, exc)
+        log.warning("ignoring unreadable %s (%s): every image is processed again", path, exc)
         return {}
     if list(frame.columns) == ["image_id", *_STATE_COLUMNS[1:]]:  # written before keys were text
         frame = frame.rename(columns={"image_id": "key"})
@@ -379,12 +379,12 @@ class ImageResults:
 
 
 def prepare_images(
-    sources: Sequence[tuple[str, Optional[Path], str]],
+    sources: Sequence[tuple[str, Path | None, str]],
     out_dir: Path,
     options: CacheOptions,
     *,
     missing_detail: Callable[[str], str] = lambda key: "file not found",
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
 ) -> ImageResults:
     """Validate, measure and cache the images of ``sources``: ``(key, source file or None, cache file name)``.
 
@@ -398,7 +398,7 @@ def prepare_images(
     # Temporaries of a run killed with kill -9 (nothing else can clean up after SIGKILL).
     stale = remove_stale_temporaries(cache_dir) + remove_stale_temporaries(out_dir)
     if stale:
-        logger.info("removed %d temporary files left by an interrupted run", stale)
+        log.info("removed %d temporary files left by an interrupted run", stale)
     state_path = out_dir / STATE_FILE
     old_state = _load_state(state_path)
     state: dict[str, dict[str, Any]] = {}
@@ -434,7 +434,7 @@ def prepare_images(
             continue
         jobs.append((_ImageJob(key, str(source), str(cache), options), identity))
 
-    logger.info("%d images to process, %d unchanged, %d missing", len(jobs), reused, len(rejections))
+    log.info("%d images to process, %d unchanged, %d missing", len(jobs), reused, len(rejections))
     _run_jobs(jobs, state, old_state, state_path, options.workers, progress)
 
     usable: list[dict[str, Any]] = []
@@ -470,7 +470,7 @@ def _run_jobs(
     old_state: dict[str, dict[str, Any]],
     state_path: Path,
     workers: int,
-    progress: Optional[bool],
+    progress: bool | None,
 ) -> None:
     """Process ``jobs`` on ``workers`` threads into ``state``; save the state, also on failure."""
     bar = progress_bar(progress, total=len(jobs), desc="prepare", unit="img")
@@ -488,7 +488,7 @@ def _run_jobs(
     except BaseException as exc:
         # Ctrl-C, a full disk, a vanished directory: keep what was done so a rerun starts from there.
         _save_state(state_path, {**old_state, **state})
-        logger.warning(
+        log.warning(
             "stopped by %s: saved %d image results; rerun to continue", type(exc).__name__, len(state)
         )
         raise
@@ -509,7 +509,7 @@ def write_prepared(
     atomic_write(out_dir / MANIFEST_FILE, lambda tmp: manifest.to_parquet(tmp, index=False))
     atomic_write(out_dir / REJECTED_FILE, lambda tmp: rejected.to_csv(tmp, index=False))
     write_json(out_dir / SUMMARY_FILE, summary)
-    logger.info("wrote %s (%d rows) and %s", out_dir / MANIFEST_FILE, len(manifest), out_dir / REJECTED_FILE)
+    log.info("wrote %s (%d rows) and %s", out_dir / MANIFEST_FILE, len(manifest), out_dir / REJECTED_FILE)
 
 
 def summary_base(
@@ -552,17 +552,17 @@ def prepare(
     images_dir: PathLike,
     out_dir: PathLike,
     *,
-    test_list: Optional[PathLike] = None,
+    test_list: PathLike | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
-    image_size: Union[int, Sequence[int]] = 256,
+    image_size: int | Sequence[int] = 256,
     jpeg_quality: int = 95,
     resample: str = "bilinear",
     min_side: int = 64,
-    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     fast_decode: bool = True,
-    workers: Optional[int] = None,
-    progress: Optional[bool] = None,
+    workers: int | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Validate, measure and resize the AVA images; write the manifest, rejections and summary.
 
@@ -609,9 +609,9 @@ def prepare(
     if test_list is None:
         test_list = default_test_list(ava_txt)
         if test_list is not None:
-            logger.info("using the official test list found beside AVA.txt: %s", test_list)
+            log.info("using the official test list found beside AVA.txt: %s", test_list)
         else:
-            logger.warning("no test list given: no test split (results will not compare with the papers)")
+            log.warning("no test list given: no test split (results will not compare with the papers)")
     test_ids = read_image_list(test_list) if test_list is not None else set()
     labels["split"] = assign_splits(labels["image_id"], test_ids, val_fraction=val_fraction, seed=seed)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from beholder.ratings import PROBABILITY_COLUMNS, VOTE_COLUMNS, mean_std, votes_
 if TYPE_CHECKING:  # pandas is an optional dependency ("data" extra); imported where used
     import pandas as pd
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: The manifest splits evaluation can select, and ``all``.
 EVALUATION_SPLITS = ("train", "val", "test", "all")
@@ -74,7 +74,7 @@ def labels_from_manifest(manifest: pd.DataFrame, split: str = "test") -> pd.Data
     return _finish_labels(frame, "manifest", votes=votes)
 
 
-def _first_present(columns: Sequence[str], candidates: Sequence[str]) -> Optional[str]:
+def _first_present(columns: Sequence[str], candidates: Sequence[str]) -> str | None:
     lowered = {c.lower(): c for c in columns}
     return next((lowered[c] for c in candidates if c in lowered), None)
 
@@ -124,7 +124,7 @@ def load_user_labels(images_dir: PathLike, labels_csv: PathLike) -> pd.DataFrame
         row, column = int(bad_rows[0]), given[bad[bad_rows[0]]]
         raise ConfigError(f"{labels_csv}: column {column!r} has non-numbers, e.g. {table[column].iloc[row]!r}")
     if not rated.all():
-        logger.warning(
+        log.warning(
             "%s: %d of %d rows have no rating; skipped", labels_csv, int((~rated).sum()), len(table)
         )
     if not rated.any():
@@ -145,13 +145,13 @@ def load_user_labels(images_dir: PathLike, labels_csv: PathLike) -> pd.DataFrame
 def _locate_photos(
     table: pd.DataFrame,
     rows: np.ndarray,
-    path_column: Optional[str],
-    id_column: Optional[str],
+    path_column: str | None,
+    id_column: str | None,
     images_dir: Path,
     labels_csv: Path,
 ) -> tuple[list[str], list[str]]:
     """(image ids, file paths) of the rated ``rows``; every named photo must exist."""
-    index: Optional[dict[str, str]] = None  # built on the first id lookup: it lists images_dir
+    index: dict[str, str] | None = None  # built on the first id lookup: it lists images_dir
     ids, paths, missing = [], [], []
     for row in rows:
         given_path = table[path_column].iloc[row] if path_column is not None else None
@@ -197,7 +197,7 @@ def _image_index(images_dir: Path) -> dict[str, str]:
     return index
 
 
-def _problems(values: np.ndarray, kind: str) -> list[Optional[str]]:
+def _problems(values: np.ndarray, kind: str) -> list[str | None]:
     """Per row: why it is no rating (the one rule of :func:`beholder.data.labels.rating_problem`)."""
     from beholder.data.labels import rating_problem  # with pandas: imported where used
 
@@ -206,7 +206,7 @@ def _problems(values: np.ndarray, kind: str) -> list[Optional[str]]:
 
 
 def _reject(
-    source: str, frame: pd.DataFrame, problems: list[Optional[str]], csv_rows: Optional[list[int]]
+    source: str, frame: pd.DataFrame, problems: list[str | None], csv_rows: list[int] | None
 ) -> None:
     """Raise one ConfigError listing every row with a problem (the first few, then a count)."""
     bad = [i for i, problem in enumerate(problems) if problem is not None]
@@ -229,11 +229,11 @@ def _finish_labels(
     frame: pd.DataFrame,
     source: str,
     *,
-    votes: Optional[np.ndarray] = None,
-    probabilities: Optional[np.ndarray] = None,
-    means: Optional[np.ndarray] = None,
-    stds: Optional[np.ndarray] = None,
-    csv_rows: Optional[list[int]] = None,
+    votes: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
+    means: np.ndarray | None = None,
+    stds: np.ndarray | None = None,
+    csv_rows: list[int] | None = None,
 ) -> pd.DataFrame:
     """Validate every row, derive the true distribution, mean and std, and sort by image id."""
     duplicated = frame["image_id"][frame["image_id"].duplicated()]

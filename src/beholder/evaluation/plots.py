@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -161,7 +161,7 @@ def plot_example_distributions(
     pred_p: np.ndarray,
     path: PathLike,
     *,
-    true_p: Optional[np.ndarray] = None,
+    true_p: np.ndarray | None = None,
     thresholds: tuple[float, float] = TAIL_THRESHOLDS,
     per_range: int = EXAMPLES_PER_RANGE,
 ) -> dict[str, list[str]]:
@@ -224,7 +224,7 @@ def write_plots(
     *,
     confusion: dict[str, int],
     error_rows: list[dict[str, Any]],
-    true_p: Optional[np.ndarray] = None,
+    true_p: np.ndarray | None = None,
     thresholds: tuple[float, float] = TAIL_THRESHOLDS,
 ) -> dict[str, str]:
     """Write the plots of :data:`PLOT_FILES` into ``out_dir``; returns {kind: file name}.

@@ -11,7 +11,7 @@ import html
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from beholder.files import PathLike, atomic_write_text
 from beholder.metrics import SUMMARY_KEYS, TAIL_RANGES
@@ -25,10 +25,10 @@ class PublishedResult:
     method: str
     source: str
     test_set: str
-    accuracy: Optional[float] = None
-    lcc_mean: Optional[float] = None
-    srcc_mean: Optional[float] = None
-    emd: Optional[float] = None
+    accuracy: float | None = None
+    lcc_mean: float | None = None
+    srcc_mean: float | None = None
+    emd: float | None = None
 
 
 _NIMA = "Talebi & Milanfar 2018, Table I"
@@ -81,7 +81,7 @@ def _exact(value: Any) -> str:
     return "null" if value is None else json.dumps(value)
 
 
-def _short(value: Optional[float], digits: int = 3, percent: bool = False) -> str:
+def _short(value: float | None, digits: int = 3, percent: bool = False) -> str:
     if value is None:
         return "—"
     return f"{100 * value:.2f}%" if percent else f"{value:.{digits}f}"
@@ -157,7 +157,7 @@ def _facts(metrics: dict[str, Any]) -> list[str]:
 STARTED_FROM_KEYS = ("init", "started_from", "fine_tuned_from")
 
 
-def _started_from(provenance: Optional[dict[str, Any]]) -> Optional[str]:
+def _started_from(provenance: dict[str, Any] | None) -> str | None:
     """The model a checkpoint was fine-tuned from, as text, if its provenance says."""
     for key in STARTED_FROM_KEYS:
         value = (provenance or {}).get(key)

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pandas is an optional dependency ("data" extra); imported w
 
     from beholder.inference import Scorer
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Keys of metrics.json that hold the overall metrics, in the order the NIMA paper reports them.
 METRIC_KEYS = SUMMARY_KEYS
@@ -97,7 +97,7 @@ def predict_labels(
             }
         )
     if failures:
-        logger.warning(
+        log.warning(
             "%d of %d images could not be scored and are excluded from the metrics (first: %s: %s)",
             len(failures),
             len(labels),
@@ -176,7 +176,7 @@ def _rounded_with_notes(
 
 
 def _metrics_document(
-    predictions: pd.DataFrame, true_p: Optional[np.ndarray], tail_thresholds: tuple[float, float]
+    predictions: pd.DataFrame, true_p: np.ndarray | None, tail_thresholds: tuple[float, float]
 ) -> dict[str, Any]:
     """The measured part of metrics.json: overall metrics, tails, 2x2 table, error per bin, notes,
     and the example images of the distributions plot."""
@@ -239,15 +239,15 @@ def check_tail_thresholds(thresholds: Any) -> tuple[float, float]:
 
 def evaluate(
     scorer: Scorer,
-    data: Union[pd.DataFrame, str, Path],
+    data: pd.DataFrame | str | Path,
     out_dir: PathLike,
     *,
     split: str = "test",
     progress: bool = False,
     plots: bool = True,
-    data_label: Optional[str] = None,
+    data_label: str | None = None,
     tail_thresholds: tuple[float, float] = TAIL_THRESHOLDS,
-    provenance: Optional[dict[str, Any]] = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``scorer`` and write metrics.json, predictions.csv, plots and the report.
 
@@ -274,7 +274,7 @@ def evaluate(
         data = load_manifest(data)
     if "source_path" in data.columns:
         labels = labels_from_manifest(data, split)
-        split_label: Optional[str] = split
+        split_label: str | None = split
     else:
         labels = data
         split_label = None
@@ -321,7 +321,7 @@ def evaluate(
     write_json(out_dir / "metrics.json", metrics)
     write_predictions(predictions, out_dir / "predictions.csv")
     write_report(metrics, out_dir, plot_files)
-    logger.info("evaluation written to %s", out_dir)
+    log.info("evaluation written to %s", out_dir)
     return metrics
 
 

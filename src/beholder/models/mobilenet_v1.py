@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from beholder.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # (pointwise filters at width 1.0, depthwise stride) for the 13 depthwise-separable blocks.
-_BLOCKS: List[Tuple[int, int]] = [
+_BLOCKS: list[tuple[int, int]] = [
     (64, 1),
     (128, 2),
     (128, 1),
@@ -72,7 +71,7 @@ class KerasMobileNetV1(nn.Module):
         if alpha not in SUPPORTED_ALPHAS:
             raise ConfigError(f"MobileNet v1 alpha must be one of {SUPPORTED_ALPHAS}, got {alpha}")
         self.alpha = alpha
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels = int(32 * alpha)
         layers["conv1_pad"] = nn.ZeroPad2d((0, 1, 0, 1))  # (left, right, top, bottom)
         layers["conv1"] = nn.Conv2d(3, channels, 3, stride=2, bias=False)
@@ -122,7 +121,7 @@ class KerasMobileNetV1(nn.Module):
 # Keras legacy .h5 weights
 
 
-def read_keras_h5(path: Union[str, Path]) -> Dict[str, Dict[str, np.ndarray]]:
+def read_keras_h5(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     """Read a Keras legacy weights file (``save_weights`` or full ``model.save``) without TensorFlow.
 
     Returns ``{layer_name: {weight_name: array}}`` with weight names stripped of the layer prefix
@@ -139,7 +138,7 @@ def read_keras_h5(path: Union[str, Path]) -> Dict[str, Dict[str, np.ndarray]]:
         group = h5.get("model_weights", h5)
         if "layer_names" not in group.attrs:
             raise ConfigError(f"{path}: no 'layer_names' attribute; not a Keras legacy .h5 weights file")
-        layers: Dict[str, Dict[str, np.ndarray]] = {}
+        layers: dict[str, dict[str, np.ndarray]] = {}
         for raw_name in group.attrs["layer_names"]:
             layer = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
             weight_names = group[layer].attrs.get("weight_names", [])
@@ -164,7 +163,7 @@ def _copy(param: torch.Tensor, array: np.ndarray, what: str) -> None:
         param.copy_(tensor)
 
 
-def load_keras_layer(module: nn.Module, weights: Dict[str, np.ndarray], what: str) -> None:
+def load_keras_layer(module: nn.Module, weights: dict[str, np.ndarray], what: str) -> None:
     """Copy one Keras layer's weights into the matching torch module, converting layouts."""
     if isinstance(module, nn.BatchNorm2d):
         _copy(module.weight, weights["gamma"], f"{what}.gamma")
@@ -191,8 +190,8 @@ def load_keras_layer(module: nn.Module, weights: Dict[str, np.ndarray], what: st
 
 
 def load_keras_mobilenet_weights(
-    model: KerasMobileNetV1, layers: Dict[str, Dict[str, np.ndarray]], source: str = "weights"
-) -> List[str]:
+    model: KerasMobileNetV1, layers: dict[str, dict[str, np.ndarray]], source: str = "weights"
+) -> list[str]:
     """Load MobileNet layers (and ``conv_preds`` if both sides have it) from :func:`read_keras_h5` output.
 
     Every backbone layer must be present in the file; extra layers (a NIMA head, say) are returned
@@ -219,7 +218,7 @@ def load_keras_mobilenet_weights(
     return rest
 
 
-def infer_alpha(layers: Dict[str, Dict[str, np.ndarray]]) -> float:
+def infer_alpha(layers: dict[str, dict[str, np.ndarray]]) -> float:
     """The width multiplier of a Keras MobileNet weights file, from ``conv1``'s filter count."""
     filters = layers["conv1"]["kernel"].shape[-1]
     for alpha in SUPPORTED_ALPHAS:

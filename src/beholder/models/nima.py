@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,8 +72,8 @@ def timm_preprocessing(model: nn.Module) -> Preprocessing:
 def build_nima(
     architecture: Architecture,
     *,
-    preprocessing: Optional[Preprocessing] = None,
-    backbone_weights: Optional[Union[str, Path]] = None,
+    preprocessing: Preprocessing | None = None,
+    backbone_weights: str | Path | None = None,
     timm_pretrained: bool = False,
 ) -> NIMA:
     """Build a NIMA model. The head is always freshly initialised.
@@ -95,7 +95,7 @@ def build_nima(
         import timm
 
         name = architecture.backbone[len(TIMM_PREFIX) :]
-        kwargs: Dict[str, Any] = {"num_classes": 0}
+        kwargs: dict[str, Any] = {"num_classes": 0}
         if backbone_weights is not None:
             kwargs["pretrained_cfg_overlay"] = {"file": str(backbone_weights)}
         try:
@@ -115,7 +115,7 @@ def build_nima(
     return NIMA(backbone, num_features, architecture, preprocessing or default_pre)
 
 
-def load_keras_nima_weights(model: NIMA, path: Union[str, Path]) -> None:
+def load_keras_nima_weights(model: NIMA, path: str | Path) -> None:
     """Load a Keras NIMA weights file (MobileNet base + Dense(10), e.g. idealo's) into ``model``."""
     if not isinstance(model.backbone, KerasMobileNetV1):
         raise ConfigError(f"{path}: Keras NIMA weights need the Keras MobileNet backbone")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from beholder.defaults import DEFAULT_MODEL
 from beholder.errors import ConfigError
@@ -42,25 +42,25 @@ class ModelSpec:
     trained_on: str
     #: Weights shipped inside the package (a safetensors ``state_dict`` under beholder/resources,
     #: converted from ``weights`` by a script in the repository), loaded before any download.
-    packaged: Optional[WeightsSpec] = None
+    packaged: WeightsSpec | None = None
     #: The model's ONNX export shipped inside the package (exported from ``packaged`` by a script
     #: in the repository, with the same metadata as any export), run as it is by the ONNX runtimes.
-    packaged_onnx: Optional[WeightsSpec] = None
+    packaged_onnx: WeightsSpec | None = None
 
     @property
-    def packaged_file(self) -> Optional[Path]:
+    def packaged_file(self) -> Path | None:
         """The packaged weights file's path when this model has one and it is installed, else None."""
         return _installed(self.packaged)
 
     @property
-    def packaged_onnx_file(self) -> Optional[Path]:
+    def packaged_onnx_file(self) -> Path | None:
         """The packaged ONNX file's path when this model has one and it is installed, else None.
 
         Not verified: :meth:`verified_packaged_onnx` checks it against its pinned sha256.
         """
         return _installed(self.packaged_onnx)
 
-    def verified_packaged_onnx(self) -> Optional[Path]:
+    def verified_packaged_onnx(self) -> Path | None:
         """The packaged ONNX file if it is installed and matches its pinned sha256 (hashed once per
         process), else None; a file that does not match is logged as a warning, never used."""
         path = self.packaged_onnx_file
@@ -73,16 +73,16 @@ class ModelSpec:
         return {"weights": self.weights.to_dict(), "trained_on": self.trained_on}
 
 
-def _installed(spec: Optional[WeightsSpec]) -> Optional[Path]:
+def _installed(spec: WeightsSpec | None) -> Path | None:
     if spec is None:
         return None
     path = packaged_path(spec.filename)
     return path if path.is_file() else None
 
 
-MODELS: Dict[str, ModelSpec] = {}
+MODELS: dict[str, ModelSpec] = {}
 #: ImageNet starting points for training, by name (``backbone_weights=`` in training configs).
-BACKBONE_WEIGHTS: Dict[str, WeightsSpec] = {}
+BACKBONE_WEIGHTS: dict[str, WeightsSpec] = {}
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
@@ -108,7 +108,7 @@ def get_backbone_weights(name: str) -> WeightsSpec:
         ) from None
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     """Names of the registered NIMA models, default first."""
     return list(MODELS)
 

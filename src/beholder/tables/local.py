@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import pyarrow.dataset as pa_ds
 
@@ -17,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def run_local(
-    dataset: pa_ds.Dataset, path: Path, store: PartStore, row_scorer: RowScorer, progress: Optional[bool]
+    dataset: pa_ds.Dataset, path: Path, store: PartStore, row_scorer: RowScorer, progress: bool | None
 ) -> int:
     """Score every part ``store`` lacks; returns the rows scored now.
 

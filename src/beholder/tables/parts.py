@@ -23,7 +23,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -174,10 +174,10 @@ class PartStore:
         self._save()
         log.info("committed part %d: rows %d to %d, %d errors", index, start, stop - 1, errors)
 
-    def read(self, index: int, columns: Optional[list[str]] = None) -> pa.Table:
+    def read(self, index: int, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.folder / part_name(index), columns=columns)
 
-    def iter_parts(self, columns: Optional[list[str]] = None) -> Iterator[tuple[int, pa.Table]]:
+    def iter_parts(self, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         """``(first row index, table)`` of every part, in input order."""
         for index in range(self.total_parts):
             yield self.part_range(index)[0], self.read(index, columns)

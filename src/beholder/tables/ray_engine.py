@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -72,7 +72,7 @@ def _read(ray: Any, path: Path, fmt: str) -> Any:
 def _commit_in_order(batches: Iterable[pa.Table], store: PartStore, bar: Any) -> int:
     """Cut the ordered stream of scored rows into grid parts and commit each; returns rows scored."""
     pending: list[pa.Table] = []
-    current: Optional[int] = None
+    current: int | None = None
     scored = 0
 
     def commit() -> None:
@@ -114,9 +114,9 @@ def run_ray(
     *,
     column: str,
     fetch_options: dict[str, Any],
-    address: Optional[str],
-    num_cpus: Optional[int],
-    progress: Optional[bool],
+    address: str | None,
+    num_cpus: int | None,
+    progress: bool | None,
 ) -> int:
     """Score the parts ``store`` lacks on Ray; returns the rows scored now.
 

@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import pyarrow as pa
 
@@ -28,13 +28,13 @@ SUMMARY_FAILURES = 20
 class ScorerSpec:
     """How to build the Scorer: picklable, so that Ray actors build their own from it."""
 
-    model: Optional[str] = None
-    checkpoint: Optional[str] = None
-    weights: Optional[str] = None
+    model: str | None = None
+    checkpoint: str | None = None
+    weights: str | None = None
     runtime: str = "auto"
-    device: Optional[str] = None
+    device: str | None = None
     batch_size: int = 32
-    workers: Optional[int] = None
+    workers: int | None = None
     fidelity: str = "exact"
 
     def build(self) -> Any:
@@ -65,7 +65,7 @@ class ScorerSpec:
         return f"model {self.model or DEFAULT_MODEL}{weights}"
 
 
-def _check_columns(schema: pa.Schema, path: Path, column: str, **optional: Optional[str]) -> None:
+def _check_columns(schema: pa.Schema, path: Path, column: str, **optional: str | None) -> None:
     import difflib
 
     names = schema.names
@@ -97,30 +97,30 @@ def _check_options(in_path, out_path, engine, group_by, top, part_rows, batch_si
 
 
 def score_table(
-    table: Union[str, os.PathLike],
-    out: Union[str, os.PathLike],
+    table: str | os.PathLike,
+    out: str | os.PathLike,
     *,
     column: str = "path",
-    id_column: Optional[str] = None,
+    id_column: str | None = None,
     resume: bool = False,
     engine: str = "local",
-    ray_address: Optional[str] = None,
-    num_cpus: Optional[int] = None,
-    group_by: Optional[str] = None,
-    top: Optional[int] = None,
-    model: Optional[str] = None,
-    checkpoint: Optional[str] = None,
-    weights: Optional[str] = None,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    group_by: str | None = None,
+    top: int | None = None,
+    model: str | None = None,
+    checkpoint: str | None = None,
+    weights: str | None = None,
     runtime: str = "auto",
-    device: Optional[str] = None,
+    device: str | None = None,
     batch_size: int = 32,
-    workers: Optional[int] = None,
+    workers: int | None = None,
     fidelity: str = "exact",
     part_rows: int = 1000,
     url_timeout: float = 30.0,
     url_retries: int = 3,
     url_per_host: int = 4,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
     scorer: Any = None,
 ) -> dict[str, Any]:
     """Score every image a table names, writing the table with its scores to ``out``.
@@ -233,9 +233,9 @@ def _write_out(
     store: PartStore,
     out: Path,
     input_schema: pa.Schema,
-    group_by: Optional[str],
-    top: Optional[int],
-    id_column: Optional[str],
+    group_by: str | None,
+    top: int | None,
+    id_column: str | None,
     column: str,
 ) -> tuple[int, int, list[dict[str, Any]]]:
     """Merge the parts into ``out`` atomically: ``(rows written, error rows, first failures)``."""

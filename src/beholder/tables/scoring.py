@@ -13,7 +13,7 @@ import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 import pyarrow as pa
 
@@ -39,14 +39,14 @@ def output_schema(input_schema: pa.Schema) -> pa.Schema:
 class RowScore:
     """What one row gets: a score, or why it has none."""
 
-    mean: Optional[float] = None
-    std: Optional[float] = None
-    percentile: Optional[float] = None
-    distribution: Optional[list[float]] = None
-    error: Optional[str] = None
+    mean: float | None = None
+    std: float | None = None
+    percentile: float | None = None
+    distribution: list[float] | None = None
+    error: str | None = None
 
 
-def score_images(scorer: Any, sources: Sequence[Union[str, bytes]], names: Sequence[str]) -> list[RowScore]:
+def score_images(scorer: Any, sources: Sequence[str | bytes], names: Sequence[str]) -> list[RowScore]:
     """Score decoded-on-demand sources (paths or bodies) with a :class:`beholder.Scorer`.
 
     The only place that reads the Scorer's results: mean, std, distribution and error, and the
@@ -132,9 +132,9 @@ class RowScorer:
             prepared = upcoming
         return append_scores(table, scores)
 
-    def _prepare(self, cells: list) -> list[Union[str, Future, SourceError]]:
+    def _prepare(self, cells: list) -> list[str | Future | SourceError]:
         """Resolve each cell; start fetching URLs (returns futures for them)."""
-        prepared: list[Union[str, Future, SourceError]] = []
+        prepared: list[str | Future | SourceError] = []
         for value in cells:
             try:
                 source = resolve_source(value, self.base_dir)
