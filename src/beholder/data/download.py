@@ -219,6 +219,19 @@ def check_url_scheme(url: str) -> None:
         )
 
 
+def _transport_failure(
+    exc: BaseException, url: str, stalled: str, *, broken: str = "connection_error"
+) -> _Failure:
+    """A timeout (``stalled`` says what waited), a body cut short, or a broken connection: the
+    failures of the transport itself, all worth a retry. ``broken`` names the last kind."""
+    if isinstance(exc, TimeoutError):
+        return _Failure("timeout", stalled, retryable=True, url=url)
+    if isinstance(exc, http.client.IncompleteRead):
+        detail = f"connection closed after {len(exc.partial)} bytes"
+        return _Failure("incomplete_body", detail, retryable=True, url=url)
+    return _Failure(broken, f"{type(exc).__name__}: {exc}", retryable=True, url=url)
+
+
 class _Downloader:
     """State shared by the worker threads of one run."""
 
@@ -316,27 +329,12 @@ class _Downloader:
                 url=url,
                 retry_after=retry_after,
             ) from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, (socket.timeout, TimeoutError)):
-                raise _Failure(
-                    "timeout", f"no answer within {self.timeout:g} s", retryable=True, url=url
-                ) from None
+        except urllib.error.URLError as exc:  # before OSError, of which it is a subclass
+            if isinstance(exc.reason, TimeoutError):
+                raise _transport_failure(exc.reason, url, f"no answer within {self.timeout:g} s") from None
             raise _Failure("connection_error", str(exc.reason), retryable=True, url=url) from None
-        except TimeoutError:
-            raise _Failure(
-                "timeout", f"no answer within {self.timeout:g} s", retryable=True, url=url
-            ) from None
-        except http.client.IncompleteRead as exc:
-            raise _Failure(
-                "incomplete_body",
-                f"connection closed after {len(exc.partial)} bytes",
-                retryable=True,
-                url=url,
-            ) from None
         except (http.client.HTTPException, OSError) as exc:
-            raise _Failure(
-                "connection_error", f"{type(exc).__name__}: {exc}", retryable=True, url=url
-            ) from None
+            raise _transport_failure(exc, url, f"no answer within {self.timeout:g} s") from None
 
     def _read_body(
         self, response: http.client.HTTPResponse, sink: Any, url: str, *, page: bool = False
@@ -377,21 +375,9 @@ class _Downloader:
         """One ``read1`` (what has arrived, so stop and deadline stay checked), failures mapped."""
         try:
             return response.read1(_CHUNK)
-        except TimeoutError:
-            raise _Failure(
-                "timeout", f"body stalled for {self.timeout:g} s", retryable=True, url=url
-            ) from None
-        except http.client.IncompleteRead as exc:
-            raise _Failure(
-                "incomplete_body",
-                f"connection closed after {len(exc.partial)} bytes",
-                retryable=True,
-                url=url,
-            ) from None
-        except (http.client.HTTPException, ConnectionError) as exc:
-            raise _Failure(
-                "incomplete_body", f"{type(exc).__name__}: {exc}", retryable=True, url=url
-            ) from None
+        except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+            stalled = f"body stalled for {self.timeout:g} s"
+            raise _transport_failure(exc, url, stalled, broken="incomplete_body") from None
 
     def _page_image_url(self, page_url: str, image_id: int) -> str:
         buffer = _Buffer()
