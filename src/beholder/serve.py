@@ -42,9 +42,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from beholder import __version__
@@ -58,6 +56,7 @@ from beholder.serve_http import (
     ActiveRequestLimitMiddleware,
     ApiError,
     BodyLimitMiddleware,
+    read_uploads,
 )
 
 log = logging.getLogger(__name__)
@@ -306,12 +305,6 @@ def _failure(results: list[ScoreResult]) -> ApiError:
     return ApiError(422, "invalid_image", f"no image could be scored: {detail}", files)
 
 
-def _upload_name(filename: str | None, index: int) -> str:
-    # Browsers send base names; keep at most 255 characters of whatever the client said.
-    name = os.path.basename((filename or "").replace("\\", "/")) or f"upload-{index + 1}"
-    return name[:255]
-
-
 _MULTIPART_BODY = {
     "requestBody": {
         "required": True,
@@ -332,6 +325,42 @@ _MULTIPART_BODY = {
         },
     }
 }
+
+
+async def _answer(request: Request, service: ScoringService, *, ranked: bool) -> JSONResponse:
+    """One scoring request, upload to JSON answer, within the request timeout."""
+    config = service.config
+    phase = "upload"
+
+    async def work() -> list[ScoreResult]:
+        nonlocal phase
+        uploads = await read_uploads(request, config.max_files)
+        phase = "scoring"
+        return await service.score(uploads)
+
+    try:
+        results = await asyncio.wait_for(work(), timeout=config.request_timeout_s)
+    except asyncio.TimeoutError:
+        if phase == "upload":
+            raise ApiError(
+                408, "upload_timeout", f"upload not complete within {config.request_timeout_s:g} s"
+            ) from None
+        raise ApiError(
+            504, "timeout", f"scoring did not complete within {config.request_timeout_s:g} s"
+        ) from None
+    except (ApiError, asyncio.CancelledError):
+        raise
+    except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed
+        log.debug("client disconnected during the upload")
+        raise ApiError(400, "client_disconnected", "the client disconnected during the upload") from None
+    except Exception as exc:  # a runtime failure: answer JSON naming it, keep serving
+        log.exception("scoring failed")
+        raise ApiError(500, "internal_error", f"scoring failed: {type(exc).__name__}: {exc}") from exc
+    if all(not r.ok for r in results):
+        raise _failure(results)
+    if ranked:
+        results = rank(results)
+    return JSONResponse([r.to_dict() for r in results])
 
 
 def create_app(
@@ -417,75 +446,6 @@ def create_app(
         code = str(exc.detail).lower().replace(" ", "_") if exc.status_code in (404, 405) else "http_error"
         return JSONResponse({"error": code, "detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
-    async def read_uploads(request: Request) -> list[tuple[str, bytes]]:
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                "send images as multipart/form-data file uploads (this service never reads paths or URLs)",
-            )
-        parser = MultiPartParser(
-            request.headers, request.stream(), max_files=config.max_files, max_fields=config.max_files
-        )
-        try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            if exc.message.startswith("Too many files"):
-                raise ApiError(
-                    413, "too_many_files", f"more than {config.max_files} files in one request"
-                ) from exc
-            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from exc
-        try:
-            uploads: list[tuple[str, bytes]] = []
-            for index, (field_name, value) in enumerate(form.multi_items()):
-                if not isinstance(value, UploadFile):
-                    raise ApiError(
-                        422,
-                        "not_a_file",
-                        f"form field {field_name!r} is not a file upload: this service scores uploaded "
-                        "files only and never reads server paths or fetches URLs",
-                    )
-                uploads.append((_upload_name(value.filename, index), await value.read()))
-        finally:
-            await form.close()
-        if not uploads:
-            raise ApiError(422, "no_files", "no image files in the request (multipart field 'files')")
-        return uploads
-
-    async def handle(request: Request, ranked: bool) -> JSONResponse:
-        phase = "upload"
-
-        async def work() -> list[ScoreResult]:
-            nonlocal phase
-            uploads = await read_uploads(request)
-            phase = "scoring"
-            return await service.score(uploads)
-
-        try:
-            results = await asyncio.wait_for(work(), timeout=config.request_timeout_s)
-        except asyncio.TimeoutError:
-            if phase == "upload":
-                raise ApiError(
-                    408, "upload_timeout", f"upload not complete within {config.request_timeout_s:g} s"
-                ) from None
-            raise ApiError(
-                504, "timeout", f"scoring did not complete within {config.request_timeout_s:g} s"
-            ) from None
-        except (ApiError, asyncio.CancelledError):
-            raise
-        except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing failed
-            log.debug("client disconnected during the upload")
-            raise ApiError(400, "client_disconnected", "the client disconnected during the upload") from None
-        except Exception as exc:  # a runtime failure: answer JSON naming it, keep serving
-            log.exception("scoring failed")
-            raise ApiError(500, "internal_error", f"scoring failed: {type(exc).__name__}: {exc}") from exc
-        if all(not r.ok for r in results):
-            raise _failure(results)
-        if ranked:
-            results = rank(results)
-        return JSONResponse([r.to_dict() for r in results])
-
     @app.post(
         "/v1/score",
         response_model=list[ScoreResult],
@@ -495,7 +455,7 @@ def create_app(
     )
     async def score(request: Request) -> JSONResponse:
         """Rating distribution, mean and std of each uploaded image (per-file ``error`` if it failed)."""
-        return await handle(request, ranked=False)
+        return await _answer(request, service, ranked=False)
 
     @app.post(
         "/v1/rank",
@@ -506,7 +466,7 @@ def create_app(
     )
     async def rank_endpoint(request: Request) -> JSONResponse:
         """As ``/v1/score``, sorted by mean score, best first; failed files last."""
-        return await handle(request, ranked=True)
+        return await _answer(request, service, ranked=True)
 
     @app.get("/v1/models", summary="The served model and the service's limits")
     async def models() -> dict[str, Any]:

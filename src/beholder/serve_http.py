@@ -17,7 +17,9 @@ What a slow or hostile client can hold, and for how long:
   (urllib, requests) would otherwise see its connection reset instead of the 413.
 * A body that arrives too slowly is bounded by the handler's ``request_timeout_s`` (408).
 
-:func:`make_server` puts these together; ``beholder serve`` and the tests use it.
+:func:`make_server` puts these together; ``beholder serve`` and the tests use it. Past these
+limits, :func:`read_uploads` turns a multipart body into ``(name, bytes)`` uploads and refuses any
+field that is not a file (the service never reads server paths or fetches URLs).
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 log = logging.getLogger(__name__)
@@ -244,3 +250,51 @@ def make_server(
         log_level=log_level,
     )
     return uvicorn.Server(config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Request bodies -> uploads
+
+
+def _upload_name(filename: str | None, index: int) -> str:
+    # Browsers send base names; keep at most 255 characters of whatever the client said.
+    name = os.path.basename((filename or "").replace("\\", "/")) or f"upload-{index + 1}"
+    return name[:255]
+
+
+async def read_uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
+    """The uploaded files of a multipart request as (name, bytes); ApiError for anything else."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send images as multipart/form-data file uploads (this service never reads paths or URLs)",
+        )
+    parser = MultiPartParser(
+        request.headers, request.stream(), max_files=max_files, max_fields=max_files
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise ApiError(
+                413, "too_many_files", f"more than {max_files} files in one request"
+            ) from exc
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from exc
+    try:
+        uploads: list[tuple[str, bytes]] = []
+        for index, (field_name, value) in enumerate(form.multi_items()):
+            if not isinstance(value, UploadFile):
+                raise ApiError(
+                    422,
+                    "not_a_file",
+                    f"form field {field_name!r} is not a file upload: this service scores uploaded "
+                    "files only and never reads server paths or fetches URLs",
+                )
+            uploads.append((_upload_name(value.filename, index), await value.read()))
+    finally:
+        await form.close()
+    if not uploads:
+        raise ApiError(422, "no_files", "no image files in the request (multipart field 'files')")
+    return uploads
