@@ -29,3 +29,16 @@ def test_a_truncated_heic_is_reported_on_one_line(tmp_path):
         open_image(truncated)
     assert "\n" not in str(caught.value)
     assert str(truncated) in str(caught.value)
+
+
+def test_a_png_whose_text_chunk_inflates_past_pillows_limit_says_so(tmp_path):
+    from PIL import PngImagePlugin
+
+    from beholder.imageio import open_image
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1024), zip=True)  # compresses tiny
+    path = tmp_path / "text-bomb.png"
+    Image.new("RGB", (32, 32)).save(path, pnginfo=info)
+    with pytest.raises(ImageLoadError, match="text \\(metadata\\) chunk inflates past"):
+        open_image(path)
