@@ -465,6 +465,19 @@ def test_rows_that_failed_rank_after_every_scored_row_of_their_group(tmp_path, t
     assert out["rank_in_group"][0] == 3 and sorted(out["rank_in_group"][1:3]) == [1, 2]
     assert out["rank_in_group"][3:] == [1, 1]  # a group of one failed row, and the null group
 
+    # --top 1 leaves group a's failed row out of OUT; the summary still counts both failures.
+    top = score_table(
+        tmp_path / "in.parquet",
+        tmp_path / "top.parquet",
+        checkpoint=str(tiny_checkpoint),
+        runtime="torch",
+        group_by="g",
+        top=1,
+        progress=False,
+    )
+    assert top["rows"] == 3 and top["errors"] == 2
+    assert sorted(failure["path"] for failure in top["failures"]) == ["gone.jpg", "nope.jpg"]
+
 
 # -- Must show 2: the Ray engine ---------------------------------------------------------------------
 

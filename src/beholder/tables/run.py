@@ -238,25 +238,32 @@ def _write_out(
     id_column: str | None,
     column: str,
 ) -> tuple[int, int, list[dict[str, Any]]]:
-    """Merge the parts into ``out`` atomically: ``(rows written, error rows, first failures)``."""
+    """Merge the parts into ``out`` atomically: ``(rows written, error rows, first failures)``.
+
+    The errors are those of every scored row, also the ones ``--top`` leaves out of ``out``: a
+    summary that said "0 errors" because the failed rows were not among the best would mislead.
+    """
     schema = output_schema(input_schema)
     if group_by is not None:
         schema = schema.append(pa.field(RANK_COLUMN, pa.int64()))
-        tables = ranked_parts(store, group_by, top)
-    else:
-        tables = (table for _, table in store.iter_parts())
     errors = 0
     failures: list[dict[str, Any]] = []
     key = id_column or column
 
-    def counted():
+    def count(table: pa.Table) -> pa.Table:
         nonlocal errors
-        for table in tables:
-            failed = table.filter(table.column("error").is_valid())
-            errors += failed.num_rows
-            for row in failed.select([key, "error"]).slice(0, SUMMARY_FAILURES - len(failures)).to_pylist():
-                failures.append(row)
-            yield table
+        failed = table.filter(table.column("error").is_valid())
+        errors += failed.num_rows
+        failures.extend(failed.select([key, "error"]).slice(0, SUMMARY_FAILURES - len(failures)).to_pylist())
+        return table
 
-    rows = write_table_file(out, schema, counted())
+    if top is not None:  # a pass of its own: the written rows are only the best of each group
+        for _, table in store.iter_parts():
+            count(table)
+        tables = ranked_parts(store, group_by, top)
+    elif group_by is not None:
+        tables = (count(table) for table in ranked_parts(store, group_by, top))
+    else:
+        tables = (count(table) for _, table in store.iter_parts())
+    rows = write_table_file(out, schema, tables)
     return rows, errors, failures
