@@ -129,7 +129,7 @@ def _old_format(path: Path) -> Path:
         "preprocessing": model.preprocessing.to_dict(),
         "provenance": {},
         "model": model.state_dict(),
-        "rng": {"numpy": np.random.get_state()},  # a tuple holding an ndarray: needs full unpickling
+        "rng": {"numpy": np.random.get_state()},  # a tuple holding an ndarray: refused without the flag
     }
     torch.save(payload, path)
     return path
@@ -149,7 +149,7 @@ def test_old_format_checkpoint_is_refused_with_a_hint_and_loads_with_trust(
         main(["score", "--checkpoint", str(path), "--trust-checkpoint", "--format", "json", str(image)]) == 0
     )
     assert '"mean"' in capsys.readouterr().out
-    assert any("runs any code" in r.message and r.levelname == "WARNING" for r in caplog.records)
+    assert any("old-format checkpoint" in r.message and r.levelname == "WARNING" for r in caplog.records)
     model, payload = load_checkpoint(path, trust=True)
     assert model.architecture.alpha == 0.25 and len(payload["rng"]["numpy"]) == 5
     exported = []  # export loads the trusted checkpoint; the ONNX writing itself is not the point
@@ -161,7 +161,7 @@ def test_old_format_checkpoint_is_refused_with_a_hint_and_loads_with_trust(
 
 
 @pytest.mark.parametrize("command", ["score", "export", "evaluate", "serve"])
-def test_every_model_command_has_the_trust_flag_and_a_poisoned_file_runs_code_only_with_it(
+def test_every_model_command_has_the_trust_flag_and_a_poisoned_file_runs_no_code_even_with_it(
     tmp_path, poisoned, command
 ):
     from beholder.cli import build_parser
@@ -175,5 +175,6 @@ def test_every_model_command_has_the_trust_flag_and_a_poisoned_file_runs_code_on
     with pytest.raises(Exception, match="refused"):
         read_checkpoint(path)
     assert not marker.exists()
-    read_checkpoint(path, trust=True)  # trusted: the file's code runs, which is why the flag warns
-    assert marker.exists()
+    with pytest.raises(Exception, match="refused"):  # the flag admits NumPy data, never code
+        read_checkpoint(path, trust=True)
+    assert not marker.exists()

@@ -38,8 +38,8 @@ def add_model_arguments(
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
-        help="load an old-format --checkpoint with full unpickling. DANGEROUS: this runs any code "
-        "the file holds; only for checkpoints you wrote yourself",
+        help="also load an old-format --checkpoint (NumPy RNG state inside); anything that could "
+        "run code is still refused",
     )
     if runtime is not None:
         parser.add_argument(

@@ -18,9 +18,9 @@ A checkpoint is written atomically through :func:`beholder.files.atomic_write` (
 umask, 0644 typically); a failed write (a full disk, say) leaves the previous file intact and
 raises :class:`CheckpointWriteError`.
 
-Checkpoints written before that (with NumPy RNG states and other pickled objects) are refused.
-``trust=True`` (``--trust-checkpoint`` on the command line) loads them with full unpickling, which
-runs whatever code the file holds: only for files you wrote yourself.
+Checkpoints written before that (with NumPy RNG states) are refused. ``trust=True``
+(``--trust-checkpoint`` on the command line) also admits the NumPy arrays, dtypes and scalars they
+hold, still with ``weights_only=True``: no checkpoint is ever unpickled in full, so none runs code.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def _write_failure(exc: OSError) -> str:
 def read_checkpoint(path: PathLike, *, trust: bool = False) -> dict[str, Any]:
     """Load a checkpoint dict (on CPU), checking that it is one of ours.
 
-    ``trust=True`` unpickles anything (old-format checkpoints), which can run code: see the module.
+    ``trust=True`` also admits the numpy arrays and scalars of old-format checkpoints; nothing that
+    could run code is ever unpickled.
     """
     path = Path(path)
     if not path.is_file():
@@ -139,16 +140,28 @@ def read_checkpoint(path: PathLike, *, trust: bool = False) -> dict[str, Any]:
     return payload
 
 
+def _old_format_globals() -> list[Any]:
+    """The numpy pieces older Beholder checkpoints pickled (their numpy RNG state and scalars).
+
+    Allow-listing exactly these keeps ``weights_only=True`` for old files too: numpy arrays,
+    dtypes and scalars are rebuilt as data, and any other global (how a pickle runs code) is
+    still refused. Full unpickling is never used, whatever the user says.
+    """
+    import numpy as np
+
+    multiarray = getattr(np, "_core", getattr(np, "core", None)).multiarray
+    dtype_classes = {type(np.dtype(kind)) for kind in ("u1", "u4", "u8", "i4", "i8", "f4", "f8", "?")}
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
+
+
 def _load_trusted(path: Path) -> Any:
     log.warning(
-        "%s: loading with full unpickling (--trust-checkpoint): this runs any code the file holds; "
-        "do this only for checkpoints you wrote yourself",
+        "%s: loading an old-format checkpoint (--trust-checkpoint): numpy arrays and scalars are "
+        "allowed besides tensors and plain data; anything else is still refused",
         path,
     )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    with torch.serialization.safe_globals(_old_format_globals()):
+        return _load_data_only(path)
 
 
 def _load_data_only(path: Path) -> Any:
@@ -163,7 +176,7 @@ def _load_data_only(path: Path) -> Any:
         raise ConfigError(
             f"{path}: refused: it holds Python objects other than tensors and plain data, which could "
             "run code when loaded (Beholder checkpoints never do). If you wrote it yourself with an "
-            "older Beholder, --trust-checkpoint loads it anyway (this runs any code it holds)"
+            "older Beholder, --trust-checkpoint also admits the numpy data such files hold"
         ) from exc
     except Exception as exc:  # torch raises many types for a damaged file
         raise ConfigError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
@@ -173,7 +186,7 @@ def _load_data_only(path: Path) -> Any:
 def load_checkpoint(path: PathLike, *, trust: bool = False) -> tuple[NIMA, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict).
 
-    ``trust``: load an old-format checkpoint with full unpickling (see :func:`read_checkpoint`).
+    ``trust``: also admit an old-format checkpoint's NumPy data (see :func:`read_checkpoint`).
     """
     payload = read_checkpoint(path, trust=trust)
     return model_from_payload(payload, path).eval(), payload
