@@ -188,11 +188,17 @@ def test_oversized_upload_is_a_413_that_httpx_and_requests_receive(small_cap_ser
     response = httpx.post(f"{small_cap_server}/v1/score", files=[("files", ("big.png", BIG))], timeout=WAIT_S)
     assert_too_large(response.status_code, response.content)
 
-    def chunks():  # chunked transfer: no Content-Length, counted while it streams
+    # Chunked transfer: no Content-Length, so the size is counted while it streams. The body is a
+    # well-formed multipart part that only grows too large, so the one thing wrong with it is its size.
+    head, content_type = multipart("big.png", b"")
+    head = head[: head.index(b"\r\n\r\n") + 4]
+
+    def chunks():
+        yield head
         for _ in range(16):
             yield b"\0" * 2**20
 
-    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    headers = {"Content-Type": content_type}
     streamed = httpx.post(f"{small_cap_server}/v1/score", content=chunks(), headers=headers, timeout=WAIT_S)
     assert_too_large(streamed.status_code, streamed.content)
     requests = pytest.importorskip("requests")
