@@ -27,8 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_like import write_photo_jpegs
+from beholder.synthetic import write_photo_jpegs
 
 #: What a user would write with PIL and onnxruntime alone: decode, nearest 224x224, x/127.5-1, run.
 MINIMAL_SCRIPT = """

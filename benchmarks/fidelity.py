@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from beholder.imageio import is_image_file
 from beholder.preprocessing import load_input
 from beholder.ratings import SCORES
-from photo_like import write_photo_jpegs
+from beholder.synthetic import write_photo_jpegs
 
 SIZES = {"12 MP": (4032, 3024), "2 MP": (1632, 1224), "0.5 MP": (816, 612)}
 KERAS_MEANS = {

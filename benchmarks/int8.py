@@ -7,7 +7,7 @@ Runtime's static quantization (``quantize_static`` with a calibration data reade
 variants, and prints for each, against the fp32 ONNX model on the same inputs:
 
 * mean and max |Δmean| and SRCC of the means, on the real AVA sample images plus generated
-  photo-like images (``photo_like.py``; seeds different from the calibration images');
+  photo-like images (``beholder.synthetic``; seeds different from the calibration images');
 * model-only throughput at batch 8 and 32 with ONNX Runtime, as a ratio to fp32, timed in
   interleaved rounds in this process.
 
@@ -31,9 +31,8 @@ from PIL import Image, ImageEnhance
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from photo_like import photo_like  # noqa: E402
+from beholder.synthetic import photo_like  # noqa: E402
 
 EVAL_SEED, CALIBRATION_SEED = 10_000, 20_000
 SCORES = np.arange(1, 11, dtype=np.float64)

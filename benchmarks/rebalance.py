@@ -35,8 +35,8 @@ from beholder.data.manifest import load_manifest
 from beholder.models import load_checkpoint
 from beholder.preprocessing import build_eval_transform
 from beholder.ratings import SCORES
+from beholder.synthetic import photo_like
 from beholder.training import fit, predict
-from photo_like import photo_like
 
 #: The seed's rates are set for 14 epochs of 14,000 images; this budget is a few hundred steps, so
 #: both recipes get higher rates and a lighter dropout (the same for both: only rebalancing differs).

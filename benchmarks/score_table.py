@@ -28,8 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_like import write_photo_jpegs
+from beholder.synthetic import write_photo_jpegs
 
 # Runs the command in argv[1:] and prints its peak RSS in KiB (Linux reports ru_maxrss in KiB).
 _PEAK_RSS = (

@@ -11,7 +11,8 @@ same files:
   the GIL while decoding) feeding batches of 32 to ONNX Runtime (fidelity exact and fast) or to the
   torch runtime (a BatchNorm-fused, channels-last copy under ``inference_mode``; exact);
 * the :class:`beholder.inference.Scorer` itself, as ``beholder score`` runs it (its default,
-  ONNX Runtime with fidelity exact, and fast; and the torch runtime), results and all.
+  ONNX Runtime with fidelity exact, and fast; the torch runtime; and, where offered, the int8
+  precision on OpenVINO with both fidelities), results and all.
 
 Weights do not change the speed, so the model is the default model's architecture with random
 weights (no download needed). Rows are run interleaved, best of ``--repeats``, so that load from
@@ -34,11 +35,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from beholder.models import build_nima, get_model_spec
 from beholder.models.registry import DEFAULT_MODEL
 from beholder.preprocessing import Preprocessing, build_eval_transform, load_input
-from photo_like import write_photo_jpegs
+from beholder.synthetic import write_photo_jpegs
 
 SIZES = {"12 MP": (4032, 3024), "2 MP": (1632, 1224), "0.5 MP": (816, 612)}
 BatchFn = Callable[[np.ndarray], np.ndarray]
@@ -128,15 +128,21 @@ def size_rows(model, paths: list[str], runners: dict[str, BatchFn], args) -> dic
 def scorers(model: torch.nn.Module, args) -> dict:
     """The Scorer as `beholder score` builds it: on the model's cached export, or on torch."""
     from beholder.inference import Scorer
-    from beholder.runtimes import OnnxRuntime, exported_onnx
+    from beholder.quantize import cpu_runs_int8_exactly
+    from beholder.runtimes import RUNTIMES, OnnxRuntime, OpenVinoInt8Runtime, exported_onnx
 
     options = {"batch_size": args.batch_size, "workers": args.threads}
     engine = OnnxRuntime.from_file(exported_onnx(model))
-    return {
+    rows = {
         "beholder Scorer, onnxruntime, exact (default)": Scorer(engine=engine, **options),
         "beholder Scorer, onnxruntime, fast": Scorer(engine=engine, fidelity="fast", **options),
         "beholder Scorer, torch, exact": Scorer(model, runtime="torch", **options),
     }
+    if "openvino-int8" in RUNTIMES and cpu_runs_int8_exactly():  # the int8 precision, where it is offered
+        int8 = OpenVinoInt8Runtime.from_file(exported_onnx(model))
+        rows["beholder Scorer, openvino-int8, exact"] = Scorer(engine=int8, **options)
+        rows["beholder Scorer, openvino-int8, fast"] = Scorer(engine=int8, fidelity="fast", **options)
+    return rows
 
 
 def main(argv=None) -> None:

@@ -22,13 +22,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from beholder.models.nima import build_nima, load_keras_nima_weights  # noqa: E402
 from beholder.models.registry import DEFAULT_MODEL, get_model_spec  # noqa: E402
 from beholder.preprocessing import build_eval_transform  # noqa: E402
+from beholder.synthetic import photo_like  # noqa: E402
 from beholder.weights import load_packaged_state_dict  # noqa: E402
-from photo_like import photo_like  # noqa: E402
 
 SCORES = torch.arange(1, 11, dtype=torch.float64)
 

@@ -16,13 +16,17 @@ ONNX Runtime at batch 8–32 on an AVX2 CPU). ONNX Runtime reads the same file b
 the quantization (a float convolution between Q/DQ pairs), so there it is slower than fp32.
 
 Calibration needs only unlabelled images that look like the photos to be scored. Generated
-photo-like images work as well as real photos here.
+photo-like images work as well as real photos here, so :func:`int8_variant` calibrates on 64 of
+them (:mod:`beholder.synthetic`) and caches the result: the ``openvino-int8`` runtime needs no
+data from the user.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,6 +38,12 @@ log = logging.getLogger(__name__)
 #: ``beholder.precision`` in a quantized file's metadata; fp32 exports have no such key.
 PRECISION_KEY = "beholder.precision"
 CALIBRATION_BATCH = 8
+#: The calibration set of :func:`int8_variant`: generated photo-like images, seeds apart from the
+#: evaluation images of ``benchmarks/int8.py``. Part of the cache key, so a new recipe re-quantizes.
+CALIBRATION_RECIPE = {"images": 64, "size": [800, 600], "first_seed": 50_000, "recipe": 1}
+#: x86 CPU flags for int8 dot products into int32. Without one of them (plain AVX2) OpenVINO's int8
+#: kernels add u8 x s8 products in saturating int16, and means move by up to 0.9 (docs/int8.md).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def _calibration_batches(onnx_path: Path, images: Iterable[ImageSource]) -> list:
@@ -89,16 +99,65 @@ def quantize_int8(
     batches = _calibration_batches(onnx_path, calibration_images)
     model = onnx.load_model(os.fspath(onnx_path))
     input_name = model.graph.input[0].name
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(batches, lambda batch: {input_name: batch}),
-        subset_size=len(batches),  # NNCF counts dataset items, here batches of 8
-        fast_bias_correction=False,
-        ignored_scope=nncf.IgnoredScope(names=depthwise_convolutions(model)),
-    )
+    # NNCF logs INFO lines and draws progress bars on stdout, which carries `beholder score`'s
+    # results: keep its warnings only, and send anything it prints to stderr.
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            quantized = nncf.quantize(
+                model,
+                nncf.Dataset(batches, lambda batch: {input_name: batch}),
+                subset_size=len(batches),  # NNCF counts dataset items, here batches of 8
+                fast_bias_correction=False,
+                ignored_scope=nncf.IgnoredScope(names=depthwise_convolutions(model)),
+            )
+    finally:
+        nncf_log.setLevel(level)
     entry = next((p for p in quantized.metadata_props if p.key == PRECISION_KEY), None)
     entry = entry or quantized.metadata_props.add()
     entry.key, entry.value = PRECISION_KEY, "int8"
     atomic_write_bytes(out_path, quantized.SerializeToString())
     log.info("wrote int8 model %s (%d calibration images)", out_path, sum(len(b) for b in batches))
     return out_path
+
+
+def cpu_runs_int8_exactly() -> bool:
+    """Whether OpenVINO's int8 kernels compute exact int32 sums on this CPU.
+
+    True on x86 CPUs with VNNI or AMX, and on other architectures (their int8 kernels do not take
+    the saturating AVX2 path); False on x86 with AVX2 only, or when /proc/cpuinfo is unreadable.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in VNNI_FLAGS)
+
+
+def int8_variant(fp32_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The int8 copy of the fp32 ONNX file ``fp32_path``, quantized once and kept in the verified
+    ONNX cache (keyed by the source file's sha256 and :data:`CALIBRATION_RECIPE`).
+
+    The first call calibrates on generated photo-like images (about half a minute on 2 cores).
+    """
+    from beholder.onnx_cache import OnnxCache, sha256_of, source_key
+    from beholder.synthetic import photo_like
+
+    fp32_path = Path(fp32_path)
+    cache = OnnxCache(cache_dir)
+    key = source_key(int8_of=sha256_of(fp32_path), calibration=CALIBRATION_RECIPE)
+    cached = cache.lookup(key)
+    if cached is not None:
+        return cached
+    width, height = CALIBRATION_RECIPE["size"]
+    first = CALIBRATION_RECIPE["first_seed"]
+    # A warning so that the CLI shows it: the first run pauses for the calibration, once.
+    log.warning("first use of int8 for %s: quantizing it once (later runs load it from %s)", fp32_path.name, cache.folder)
+    images = (photo_like(width, height, first + i) for i in range(CALIBRATION_RECIPE["images"]))
+    return cache.store(key, lambda target: quantize_int8(fp32_path, target, images))

@@ -1,4 +1,7 @@
-"""Seeded photo-like test images: textured scenes, not smooth gradients.
+"""Seeded photo-like images: textured scenes, not smooth gradients.
+
+The package calibrates its int8 model on them (:mod:`beholder.quantize`), and the benchmarks use
+them as realistic inputs.
 
 Each scene has a sky-to-ground gradient, random shapes with hard edges, some of them blurred (out
 of focus), noise at three scales (texture, grain, sensor noise) and fine lines. That gives JPEGs
