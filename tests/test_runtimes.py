@@ -22,8 +22,8 @@ from beholder.runtimes import (
     create_runtime,
     resolve_runtime_name,
 )
+from conftest import ASSETS
 
-ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 IDEALO_WEIGHTS = ASSETS / "nima_idealo" / "weights_mobilenet_aesthetic_0.07.hdf5"
 AVA_IMAGES = ASSETS / "ava_sample" / "images"
 FAST_RUNTIMES = [name for name in ("onnx", "openvino") if name in RUNTIMES]

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+from conftest import ASSETS
+
 WEIGHTS_025_DIR = ASSETS / "weights" / "keras_mobilenet_v1_0.25"
 WEIGHTS_025 = WEIGHTS_025_DIR / "mobilenet_2_5_224_tf_no_top.h5"
 
