@@ -15,7 +15,8 @@ Label columns, the first family present wins (names match case-insensitively):
 
 This module is the one home of that column contract and of the rule for a usable row
 (:func:`rating_columns`, :func:`parse_numbers`, :func:`rating_problem`): ``beholder evaluate``
-reads the same CSVs through them, and checks AVA manifests' votes with the same rule.
+reads the same CSVs through them, and checks AVA manifests' votes with the same rule. It is a little
+over 500 lines because that contract and the CSV reading that enforces it belong in one module.
 
 Optional columns: ``id`` (or ``image_id``), the image's name in every output (default: the path as
 written); ``split`` (``train``/``val``/``test``; empty cells are drawn as below).
