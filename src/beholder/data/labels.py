@@ -428,7 +428,7 @@ def prepare_labels(
         default_std: the spread of rows that give only a mean.
         progress: show a progress bar; None shows it only on a terminal.
         cache: ``image_size``, ``jpeg_quality``, ``resample``, ``min_side``, ``max_pixels``,
-            ``fast_decode``, ``workers``, as for :func:`beholder.data.prepare.prepare`.
+            ``fast_decode``, ``workers``: see :func:`beholder.data.prepare.cache_options`.
 
     Returns:
         the summary also written to ``prepare.json``.
