@@ -191,11 +191,7 @@ def _std_vs_mean(manifest: pd.DataFrame, path: Path) -> None:
     figure = Figure(figsize=(6.5, 5))
     axes = figure.subplots()
     mean, std = manifest["mean"].to_numpy(), manifest["std"].to_numpy()
-    if len(manifest) > 2000:
-        hexes = axes.hexbin(mean, std, gridsize=60, bins="log", cmap="viridis", mincnt=1)
-        figure.colorbar(hexes, ax=axes, label="images (log)")
-    else:
-        axes.scatter(mean, std, s=8, alpha=0.6, color="#4c72b0", edgecolors="none")
+    _scatter(figure, axes, mean, std, gridsize=60, size=8, color="#4c72b0")
     bins = np.arange(1.0, 10.25, 0.25)
     which = np.digitize(mean, bins)
     centres, medians = [], []
@@ -211,6 +207,17 @@ def _std_vs_mean(manifest: pd.DataFrame, path: Path) -> None:
     axes.set_ylabel("std of ratings")
     axes.set_title("Disagreement against mean rating")
     _save(figure, path)
+
+
+def _scatter(
+    figure: Figure, axes: Any, x: np.ndarray, y: np.ndarray, *, gridsize: int, size: float, color: str
+) -> None:
+    """A scatter plot of ``y`` against ``x``; above 2000 points a log-density hexbin, which stays legible."""
+    if len(x) > 2000:
+        hexes = axes.hexbin(x, y, gridsize=gridsize, bins="log", cmap="viridis", mincnt=1)
+        figure.colorbar(hexes, ax=axes, label="images (log)")
+    else:
+        axes.scatter(x, y, s=size, alpha=0.6, color=color, edgecolors="none")
 
 
 def _mean_by_split(manifest: pd.DataFrame, path: Path) -> None:
@@ -236,42 +243,42 @@ def _mean_by_split(manifest: pd.DataFrame, path: Path) -> None:
 
 
 def _technical(manifest: pd.DataFrame, out_dir: Path) -> dict[str, str]:
-    files = {}
-    figure = Figure(figsize=(7, 4))
-    axes = figure.subplots()
     kib = manifest["file_bytes"].to_numpy() / 1024
-    axes.hist(kib, bins=min(60, max(10, int(math.sqrt(len(kib))))), color="#55a868", edgecolor="white")
-    axes.set_xlabel("file size (KiB)")
-    axes.set_ylabel("images")
-    axes.set_title("File size")
-    _save(figure, out_dir / "file_size.png")
-    files["file_size"] = "file_size.png"
+    _histogram(kib, out_dir / "file_size.png", color="#55a868", xlabel="file size (KiB)", title="File size")
 
     figure = Figure(figsize=(6, 5))
     axes = figure.subplots()
     width, height = manifest["width"].to_numpy(), manifest["height"].to_numpy()
-    if len(manifest) > 2000:
-        hexes = axes.hexbin(width, height, gridsize=50, bins="log", cmap="viridis", mincnt=1)
-        figure.colorbar(hexes, ax=axes, label="images (log)")
-    else:
-        axes.scatter(width, height, s=10, alpha=0.6, color="#55a868", edgecolors="none")
+    _scatter(figure, axes, width, height, gridsize=50, size=10, color="#55a868")
     axes.set_xlabel("width (px)")
     axes.set_ylabel("height (px)")
     axes.set_title("Resolution")
     _save(figure, out_dir / "resolution.png")
-    files["resolution"] = "resolution.png"
 
+    _histogram(
+        manifest["aspect_ratio"].to_numpy(),
+        out_dir / "aspect_ratio.png",
+        color="#8172b2",
+        xlabel="aspect ratio (width / height)",
+        title="Aspect ratio",
+        mark=1.0,  # square images
+    )
+    return {name: f"{name}.png" for name in ("file_size", "resolution", "aspect_ratio")}
+
+
+def _histogram(
+    values: np.ndarray, path: Path, *, color: str, xlabel: str, title: str, mark: float | None = None
+) -> None:
+    """Images per bin of ``values`` (about sqrt(n) bins, 10 to 60), with a dotted line at ``mark``."""
     figure = Figure(figsize=(7, 4))
     axes = figure.subplots()
-    ratio = manifest["aspect_ratio"].to_numpy()
-    axes.hist(ratio, bins=min(60, max(10, int(math.sqrt(len(ratio))))), color="#8172b2", edgecolor="white")
-    axes.axvline(1.0, color="grey", linestyle=":", linewidth=1)
-    axes.set_xlabel("aspect ratio (width / height)")
+    axes.hist(values, bins=min(60, max(10, int(math.sqrt(len(values))))), color=color, edgecolor="white")
+    if mark is not None:
+        axes.axvline(mark, color="grey", linestyle=":", linewidth=1)
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("images")
-    axes.set_title("Aspect ratio")
-    _save(figure, out_dir / "aspect_ratio.png")
-    files["aspect_ratio"] = "aspect_ratio.png"
-    return files
+    axes.set_title(title)
+    _save(figure, path)
 
 
 def _thumbnail(row: Any, side: int = 192) -> np.ndarray | None:

@@ -179,6 +179,7 @@ def open_image(
     draft_size: tuple[int, int] | None = None,
     max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
     budget: DecodeBudget | None = None,
+    keep_grey: bool = False,
 ) -> Image.Image:
     """Open, fully decode, EXIF-rotate and convert ``source`` to an 8-bit RGB image.
 
@@ -191,30 +192,13 @@ def open_image(
         max_bytes: refuse (or, for JPEG, decode at a reduced scale) images whose decode would need
             more memory than this; None disables.
         budget: the shared decode budget to reserve memory from (default: the process-wide one).
+        keep_grey: greyscale images come back in mode 'L'. Resizing and normalising an 'L' image and
+            then repeating it over three channels gives the same tensor as doing so on its RGB
+            conversion, for a third of the memory; model input uses this.
 
     Raises:
         ImageLoadError: naming the input and the problem (missing, unreadable, not a regular file,
             empty, not an image, truncated, too many pixels or bytes, missing format support).
-    """
-    return decode_image(
-        source, name=name, max_pixels=max_pixels, draft_size=draft_size, max_bytes=max_bytes, budget=budget
-    )
-
-
-def decode_image(
-    source: ImageSource,
-    *,
-    name: str | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    draft_size: tuple[int, int] | None = None,
-    max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
-    budget: DecodeBudget | None = None,
-    keep_grey: bool = False,
-) -> Image.Image:
-    """:func:`open_image`, except that with ``keep_grey`` greyscale images come back in mode 'L'.
-
-    Resizing and normalising an 'L' image and then repeating it over three channels gives the same
-    tensor as doing so on its RGB conversion, for a third of the memory; model input uses this.
     """
     label = describe(source, name)
     if isinstance(source, Image.Image):

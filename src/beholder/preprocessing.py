@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from beholder.imageio import DEFAULT_MAX_PIXELS, DecodeBudget, ImageSource, decode_image
+from beholder.imageio import DEFAULT_MAX_PIXELS, DecodeBudget, ImageSource, open_image
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2 as T
@@ -135,7 +135,7 @@ def load_input(
     Raises:
         ImageLoadError: naming the input and the problem.
     """
-    image = decode_image(
+    image = open_image(
         source,
         name=name,
         max_pixels=max_pixels,

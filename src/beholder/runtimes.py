@@ -119,20 +119,23 @@ def exported_onnx(model: NIMA, cache_dir: str | os.PathLike | None = None) -> Pa
 class _OnnxFileRuntime:
     """What the engines that run an ONNX file share: the file, its metadata, threads, the checks.
 
-    Subclasses check their device first (cheap), then call ``super().__init__`` (may export),
-    then load the file and call :meth:`_loaded`.
+    Subclasses check their device in :meth:`_select_device` (cheap, so before any export), and load
+    the file in :meth:`_open`, which returns its raw metadata.
     """
 
     name = "exported"
 
     def __init__(
         self,
-        model: NIMA | None,
+        model: NIMA | None = None,
+        device: str | None = None,
         *,
-        threads: int | None,
-        cache_dir: str | os.PathLike | None,
-        path: str | os.PathLike | None,
+        threads: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        path: str | os.PathLike | None = None,
+        verify: bool = False,
     ):
+        self._select_device(device)
         if (model is None) == (path is None):
             raise ConfigError(
                 f"runtime {self.name!r} needs a model or the path of an exported ONNX file (one of them)"
@@ -143,6 +146,18 @@ class _OnnxFileRuntime:
         self.path = self._engine_file(self.path, cache_dir)
         self.threads = threads or _cpu_threads()
         self.metadata: dict[str, Any] = {}
+        self._loaded(self._open(), verify)
+
+    def _select_device(self, device: str | None) -> None:
+        """Set ``self.device``; a ConfigError for a device this engine cannot use."""
+        raise NotImplementedError
+
+    def _open(self) -> dict[str, str]:
+        """Load ``self.path`` for :meth:`_run`; return the file's raw metadata."""
+        raise NotImplementedError
+
+    def _unreadable(self, exc: Exception) -> ConfigError:
+        return ConfigError(f"{self.path}: not a readable ONNX file ({type(exc).__name__}: {exc})")
 
     def _loaded(self, raw_metadata: dict[str, str], verify: bool) -> None:
         self.metadata = parse_metadata(raw_metadata, str(self.path))
@@ -200,28 +215,22 @@ class OnnxRuntime(_OnnxFileRuntime):
 
     name = "onnx"
 
-    def __init__(
-        self,
-        model: NIMA | None = None,
-        device: str | None = None,
-        *,
-        threads: int | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        path: str | os.PathLike | None = None,
-        verify: bool = False,
-    ):
+    def _select_device(self, device: str | None) -> None:
         import onnxruntime as ort
 
         self.device = (device or "cpu").lower()
         if self.device == "cpu":
-            providers = ["CPUExecutionProvider"]
+            self._providers = ["CPUExecutionProvider"]
         elif self.device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ConfigError("runtime 'onnx' on CUDA needs onnxruntime-gpu; use --runtime torch on GPUs")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            self._providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             raise ConfigError(f"runtime 'onnx' supports devices cpu and cuda, not {device!r}")
-        super().__init__(model, threads=threads, cache_dir=cache_dir, path=path)
+
+    def _open(self) -> dict[str, str]:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -229,12 +238,12 @@ class OnnxRuntime(_OnnxFileRuntime):
         # Idle threads sleep instead of spinning: the Scorer decodes images on the same cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(os.fspath(self.path), options, providers=providers)
+            self.session = ort.InferenceSession(os.fspath(self.path), options, providers=self._providers)
         except Exception as exc:  # onnxruntime raises its own exception types for a bad file
-            raise ConfigError(f"{self.path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+            raise self._unreadable(exc) from exc
         self.input_name = self.session.get_inputs()[0].name
         # The metadata straight from the session: reading it with the onnx package costs 1 s of imports.
-        self._loaded(dict(self.session.get_modelmeta().custom_metadata_map), verify)
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         # InferenceSession.run is thread-safe; no lock needed.
@@ -256,25 +265,17 @@ class OpenVinoRuntime(_OnnxFileRuntime):
 
     name = "openvino"
 
-    def __init__(
-        self,
-        model: NIMA | None = None,
-        device: str | None = None,
-        *,
-        threads: int | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        path: str | os.PathLike | None = None,
-        verify: bool = False,
-    ):
+    def _select_device(self, device: str | None) -> None:
         import openvino as ov
 
-        core = ov.Core()
+        self._core = ov.Core()
         self.device = (device or "cpu").upper()
-        if self.device not in core.available_devices:
+        if self.device not in self._core.available_devices:
             raise ConfigError(
-                f"runtime 'openvino' has no device {device!r}; OpenVINO sees: {', '.join(core.available_devices)}"
+                f"runtime 'openvino' has no device {device!r}; OpenVINO sees: {', '.join(self._core.available_devices)}"
             )
-        super().__init__(model, threads=threads, cache_dir=cache_dir, path=path)
+
+    def _open(self) -> dict[str, str]:
         config = {
             # One request at a time, all threads on it: the Scorer and the service already batch.
             "PERFORMANCE_HINT": "LATENCY",
@@ -283,13 +284,13 @@ class OpenVinoRuntime(_OnnxFileRuntime):
         if self.device == "CPU":
             config["INFERENCE_NUM_THREADS"] = self.threads
         try:
-            graph = core.read_model(os.fspath(self.path))
+            graph = self._core.read_model(os.fspath(self.path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for a bad file
-            raise ConfigError(f"{self.path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
-        self.compiled = core.compile_model(graph, self.device, config)
+            raise self._unreadable(exc) from exc
+        self.compiled = self._core.compile_model(graph, self.device, config)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time
-        self._loaded(_onnx_metadata_props(self.path), verify)
+        return _onnx_metadata_props(self.path)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:

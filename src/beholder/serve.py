@@ -327,6 +327,24 @@ _MULTIPART_BODY = {
 }
 
 
+#: What /v1/score and /v1/rank declare alike: the body they read, what they answer, how they fail.
+_SCORING_ROUTE: dict[str, Any] = {
+    "response_model": list[ScoreResult],
+    "openapi_extra": _MULTIPART_BODY,
+    "responses": {
+        status: {"model": ErrorBody, "description": text}
+        for status, text in {
+            408: "the upload did not complete within the request timeout",
+            413: "request body or file count over the limit",
+            503: "too many requests in progress (retry after the Retry-After seconds)",
+            415: "no file was an image",
+            422: "no file could be scored (empty, corrupt, truncated, too many pixels), or a non-file field",
+            504: "scoring did not complete within the request timeout",
+        }.items()
+    },
+}
+
+
 async def _answer(request: Request, service: ScoringService, *, ranked: bool) -> JSONResponse:
     """One scoring request, upload to JSON answer, within the request timeout."""
     config = service.config
@@ -405,7 +423,6 @@ def create_app(
     if max_active_requests < 1:
         raise ConfigError(f"max_active_requests must be at least 1, got {max_active_requests}")
     service = ScoringService(scorer, config)
-    page = page_text("static", "index.html")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -425,18 +442,6 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes)
     app.add_middleware(ActiveRequestLimitMiddleware, max_active=max_active_requests)  # the outer one
 
-    error_responses = {
-        status: {"model": ErrorBody, "description": text}
-        for status, text in {
-            408: "the upload did not complete within the request timeout",
-            413: "request body or file count over the limit",
-            503: "too many requests in progress (retry after the Retry-After seconds)",
-            415: "no file was an image",
-            422: "no file could be scored (empty, corrupt, truncated, too many pixels), or a non-file field",
-            504: "scoring did not complete within the request timeout",
-        }.items()
-    }
-
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
@@ -446,24 +451,20 @@ def create_app(
         code = str(exc.detail).lower().replace(" ", "_") if exc.status_code in (404, 405) else "http_error"
         return JSONResponse({"error": code, "detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
-    @app.post(
-        "/v1/score",
-        response_model=list[ScoreResult],
-        responses=error_responses,
-        openapi_extra=_MULTIPART_BODY,
-        summary="Score images, in upload order",
-    )
+    _add_routes(app, service)
+    return app
+
+
+def _add_routes(app: FastAPI, service: ScoringService) -> None:
+    """The scoring endpoints, the metadata endpoints and the web page."""
+    page = page_text("static", "index.html")
+
+    @app.post("/v1/score", summary="Score images, in upload order", **_SCORING_ROUTE)
     async def score(request: Request) -> JSONResponse:
         """Rating distribution, mean and std of each uploaded image (per-file ``error`` if it failed)."""
         return await _answer(request, service, ranked=False)
 
-    @app.post(
-        "/v1/rank",
-        response_model=list[ScoreResult],
-        responses=error_responses,
-        openapi_extra=_MULTIPART_BODY,
-        summary="Score images, best mean first",
-    )
+    @app.post("/v1/rank", summary="Score images, best mean first", **_SCORING_ROUTE)
     async def rank_endpoint(request: Request) -> JSONResponse:
         """As ``/v1/score``, sorted by mean score, best first; failed files last."""
         return await _answer(request, service, ranked=True)
@@ -488,5 +489,3 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
-
-    return app

@@ -1,7 +1,8 @@
 """The ``beholder`` command line: a thin layer over the library.
 
 Each sub-command lives in its own module of this package and exposes ``register(subparsers)``,
-which adds its parser and sets ``func`` (``args -> exit code``). Modules are imported lazily by
+which adds its parser (most through :func:`add_command`, from the module's docstring) and sets
+``func`` (``args -> exit code``). Modules are imported lazily by
 name so that ``beholder score`` never pays for importing the training or serving stack.
 """
 
@@ -13,6 +14,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from beholder import __version__
 from beholder.errors import ConfigError
@@ -46,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction, name: str, doc: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """The parser of sub-command ``name``, its texts taken from ``doc``, its module's docstring.
+
+    The docstring's first line is the command's line in ``beholder --help``; the paragraphs after
+    it are the description its own ``--help`` shows (re-wrapped, as argparse does).
+    """
+    summary, _, description = doc.partition("\n\n")
+    return subparsers.add_parser(name, help=summary.strip(), description=description.strip(), **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,9 +132,13 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="decode threads (default min(8, CPUs))")
 
 
-def cache_kwargs(args: argparse.Namespace) -> dict:
-    """The keyword arguments of :func:`beholder.data.prepare.cache_options` from the parsed options."""
+def prepare_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments both prepare commands pass alike: the val share and seed of the drawn
+    split, the progress bar and the options of :func:`beholder.data.prepare.cache_options`."""
     return {
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "progress": args.progress,
         "image_size": args.image_size,
         "jpeg_quality": args.quality,
         "resample": args.resample,
@@ -234,10 +238,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         args.images,
         args.out,
         test_list=args.test_list,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        progress=args.progress,
-        **cache_kwargs(args),
+        **prepare_kwargs(args),
     )
     return print_prepare_summary(summary, args.out)
 

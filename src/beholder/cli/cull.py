@@ -1,4 +1,9 @@
-"""``beholder cull``: group bursts, pick the best frame of each, rate the shoot, write sidecars and a report."""
+"""cull a shoot: group bursts, pick the best, rate 1-5 stars, XMP sidecars, HTML report
+
+Order photos by capture time, group consecutive look-alike frames (bursts, near-duplicates), pick
+the best-scoring frames of each group, give every photo 1-5 stars from its rank in the shoot, and
+write an offline HTML report (and, with --xmp, sidecars photo tools read).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from beholder.cli import add_command
 from beholder.cli._common import add_model_arguments, scorer_from_args
 
 DEFAULT_OUT = "beholder-cull"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "cull",
-        help="cull a shoot: group bursts, pick the best, rate 1-5 stars, XMP sidecars, HTML report",
-        description=(
-            "Order photos by capture time, group consecutive look-alike frames (bursts, near-duplicates), "
-            "pick the best-scoring frames of each group, give every photo 1-5 stars from its rank in the "
-            "shoot, and write an offline HTML report (and, with --xmp, sidecars photo tools read)."
-        ),
-    )
+    parser = add_command(subparsers, "cull", __doc__)
     parser.add_argument("paths", nargs="+", metavar="DIR", help="folder (recursive), photo file or glob")
     parser.add_argument(
         "--out",

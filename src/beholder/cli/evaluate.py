@@ -1,4 +1,9 @@
-"""``beholder evaluate``: test-split metrics, plots and a report against published NIMA results."""
+"""evaluate a model on AVA's test split or your own rated photos
+
+Score rated images with the model's own deterministic preprocessing and write metrics.json,
+predictions.csv, plots and report.md/report.html comparing the model with published results
+(NIMA, Talebi & Milanfar 2018).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,12 @@ import argparse
 import sys
 from typing import Any
 
+from beholder.cli import add_command
 from beholder.cli._common import add_model_arguments, check_device, scorer_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="evaluate a model on AVA's test split or your own rated photos",
-        description=(
-            "Score rated images with the model's own deterministic preprocessing and write metrics.json, "
-            "predictions.csv, plots and report.md/report.html comparing the model with published results "
-            "(NIMA, Talebi & Milanfar 2018)."
-        ),
-    )
+    parser = add_command(subparsers, "evaluate", __doc__)
     add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(

@@ -1,23 +1,21 @@
-"""``beholder export``: write a model as a self-describing ONNX file."""
+"""export a model to ONNX (dynamic batch, preprocessing in the metadata)
+
+Export a registered model or a checkpoint to ONNX: input 'images' float32 (batch, 3, H, W)
+preprocessed as the metadata 'beholder.preprocessing' says, output the rating distribution over
+1..10 (or logits). Verified with onnx.checker.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from beholder.cli import add_command
 from beholder.cli._common import add_model_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX (dynamic batch, preprocessing in the metadata)",
-        description=(
-            "Export a registered model or a checkpoint to ONNX: input 'images' float32 (batch, 3, H, W) "
-            "preprocessed as the metadata 'beholder.preprocessing' says, output the rating distribution "
-            "over 1..10 (or logits). Verified with onnx.checker."
-        ),
-    )
+    parser = add_command(subparsers, "export", __doc__)
     add_model_arguments(parser, runtime=None)
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format (onnx)")
     parser.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. nima.onnx")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from beholder.cli.ava import add_cache_arguments, cache_kwargs, print_prepare_summary
+from beholder.cli.ava import add_cache_arguments, prepare_kwargs, print_prepare_summary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,11 +49,8 @@ def run(args: argparse.Namespace) -> int:
         args.labels,
         args.out,
         images_dir=args.images,
-        val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
-        seed=args.seed,
         **({} if args.default_std is None else {"default_std": args.default_std}),
-        progress=args.progress,
-        **cache_kwargs(args),
+        **prepare_kwargs(args),
     )
     return print_prepare_summary(summary, args.out)

@@ -1,8 +1,11 @@
-"""``beholder score``: score photos from files, directories or globs.
+"""score photos (files, directories, globs)
 
-Heavy modules are imported inside :func:`run`, so that ``beholder --help`` stays instant, and with
-the default ``--runtime auto`` (ONNX Runtime) and a cached export, torch is never imported.
+Predict the distribution of human 1-10 ratings for each photo, its mean and std, and the mean's
+percentile among AVA photos.
 """
+
+# Heavy modules are imported inside run(), so that `beholder --help` stays instant, and with the
+# default --runtime auto (ONNX Runtime) and a cached export, torch is never imported.
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from beholder.cli import add_command
 from beholder.cli._common import add_model_arguments, scorer_from_args
 
 if TYPE_CHECKING:
@@ -24,14 +28,7 @@ _BARS = " ▁▂▃▄▅▆▇█"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "score",
-        help="score photos (files, directories, globs)",
-        description=(
-            "Predict the distribution of human 1-10 ratings for each photo, its mean and std, and the "
-            "mean's percentile among AVA photos."
-        ),
-    )
+    parser = add_command(subparsers, "score", __doc__)
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image file, directory (recursive) or glob")
     add_model_arguments(parser, onnx=True)
     parser.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table")

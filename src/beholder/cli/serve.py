@@ -1,24 +1,24 @@
-"""``beholder serve``: the HTTP API and web page (FastAPI + uvicorn)."""
+"""serve the HTTP API and web page
+
+Serve POST /v1/score, POST /v1/rank, GET /v1/models, GET /healthz and a web page at / (OpenAPI
+docs at /docs). The runtime defaults to auto (the fastest installed) here.
+"""
+
+# The service runs on FastAPI and uvicorn (the 'serve' extra), imported only when it starts.
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from beholder.cli import add_command
 from beholder.cli._common import add_model_arguments, scorer_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # Limits default to None = the service's own defaults (beholder.serve), which this module does
     # not import here: building the parser must not pay for FastAPI and torch.
-    parser = subparsers.add_parser(
-        "serve",
-        help="serve the HTTP API and web page",
-        description=(
-            "Serve POST /v1/score, POST /v1/rank, GET /v1/models, GET /healthz and a web page at / "
-            "(OpenAPI docs at /docs). The runtime defaults to auto (the fastest installed) here."
-        ),
-    )
+    parser = add_command(subparsers, "serve", __doc__)
     add_model_arguments(parser, runtime="auto")  # a service wants the fastest engine installed
     parser.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)"

@@ -15,7 +15,8 @@ Label columns, the first family present wins (names match case-insensitively):
 
 This module is the one home of that column contract and of the rule for a usable row
 (:func:`rating_columns`, :func:`parse_numbers`, :func:`rating_problem`): ``beholder evaluate``
-reads the same CSVs through them, and checks AVA manifests' votes with the same rule.
+reads the same CSVs through them, and checks AVA manifests' votes with the same rule. It is a little
+over 500 lines because that contract and the CSV reading that enforces it belong in one module.
 
 Optional columns: ``id`` (or ``image_id``), the image's name in every output (default: the path as
 written); ``split`` (``train``/``val``/``test``; empty cells are drawn as below).
@@ -427,7 +428,7 @@ def prepare_labels(
         default_std: the spread of rows that give only a mean.
         progress: show a progress bar; None shows it only on a terminal.
         cache: ``image_size``, ``jpeg_quality``, ``resample``, ``min_side``, ``max_pixels``,
-            ``fast_decode``, ``workers``, as for :func:`beholder.data.prepare.prepare`.
+            ``fast_decode``, ``workers``: see :func:`beholder.data.prepare.cache_options`.
 
     Returns:
         the summary also written to ``prepare.json``.

@@ -157,7 +157,18 @@ def cache_options(
     fast_decode: bool = True,
     workers: int | None = None,
 ) -> CacheOptions:
-    """Checked :class:`CacheOptions` (ConfigError naming the option and its allowed range)."""
+    """Checked :class:`CacheOptions` (ConfigError naming the option and its allowed range).
+
+    Args:
+        image_size: cache size (32..2048), an int for a square or (width, height); the aspect ratio
+            is not kept (NIMA resizes to 256x256 before cropping).
+        jpeg_quality, resample: cache JPEG quality and resize filter (a key of :data:`RESAMPLE_FILTERS`).
+        min_side: images with a shorter side (in pixels) are rejected as ``too_small``.
+        max_pixels: images with more pixels are rejected as ``too_large``; None disables the guard.
+        fast_decode: let libjpeg decode JPEGs at a reduced scale before an antialiasing resize (the
+            whole file is still decoded, so truncation is still caught); ignored for ``nearest``.
+        workers: decode threads (default: min(8, CPUs)).
+    """
     size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
     if len(size) != 2:
         raise ConfigError(f"image_size must be an int or (width, height), got {image_size!r}")
@@ -555,14 +566,8 @@ def prepare(
     test_list: PathLike | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
-    image_size: int | Sequence[int] = 256,
-    jpeg_quality: int = 95,
-    resample: str = "bilinear",
-    min_side: int = 64,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    fast_decode: bool = True,
-    workers: int | None = None,
     progress: bool | None = None,
+    **cache: Any,
 ) -> dict[str, Any]:
     """Validate, measure and resize the AVA images; write the manifest, rejections and summary.
 
@@ -574,15 +579,9 @@ def prepare(
             beside ``ava_txt`` and, failing that, makes no test split (with a warning).
         val_fraction, seed: the seeded validation split, see :func:`beholder.data.ava.assign_splits`.
             Splits are decided from the label rows alone, so they do not move when more images arrive.
-        image_size: cache size (32..2048), an int for a square or (width, height); the aspect ratio
-            is not kept (NIMA resizes to 256x256 before cropping).
-        jpeg_quality, resample: cache JPEG quality and resize filter (a key of :data:`RESAMPLE_FILTERS`).
-        min_side: images with a shorter side (in pixels) are rejected as ``too_small``.
-        max_pixels: images with more pixels are rejected as ``too_large``; None disables the guard.
-        fast_decode: let libjpeg decode JPEGs at a reduced scale before an antialiasing resize (the
-            whole file is still decoded, so truncation is still caught); ignored for ``nearest``.
-        workers: decode threads (default: min(8, CPUs)).
         progress: show a progress bar; None shows it only on a terminal.
+        cache: ``image_size``, ``jpeg_quality``, ``resample``, ``min_side``, ``max_pixels``,
+            ``fast_decode``, ``workers``: see :func:`cache_options`, which checks them.
 
     Returns:
         the summary also written to ``prepare.json``.
@@ -591,15 +590,7 @@ def prepare(
         ConfigError: missing inputs or invalid options (before any work is done).
     """
     start = time.perf_counter()
-    options = cache_options(
-        image_size=image_size,
-        jpeg_quality=jpeg_quality,
-        resample=resample,
-        min_side=min_side,
-        max_pixels=max_pixels,
-        fast_decode=fast_decode,
-        workers=workers,
-    )
+    options = cache_options(**cache)
     images_dir = Path(images_dir).absolute()
     if not images_dir.is_dir():
         raise ConfigError(f"images directory not found: {images_dir}")
