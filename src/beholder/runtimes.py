@@ -308,15 +308,20 @@ class OpenVinoInt8Runtime(OpenVinoRuntime):
 
     name = "openvino-int8"
 
-    def _engine_file(self, fp32_path: Path, cache_dir: str | os.PathLike | None) -> Path:
-        from beholder.quantize import cpu_runs_int8_exactly, int8_variant
+    def _select_device(self, device: str | None) -> None:
+        from beholder.quantize import cpu_runs_int8_exactly
 
+        super()._select_device(device)
         if self.device == "CPU" and not cpu_runs_int8_exactly():
             raise ConfigError(
                 "runtime 'openvino-int8' needs a CPU with VNNI (avx512_vnni, avx_vnni or amx_int8): "
                 "on plain AVX2 OpenVINO's int8 sums saturate and scores move by up to 0.9; "
                 "use --runtime onnx or openvino"
             )
+
+    def _engine_file(self, fp32_path: Path, cache_dir: str | os.PathLike | None) -> Path:
+        from beholder.quantize import int8_variant
+
         return int8_variant(fp32_path, cache_dir)
 
 
