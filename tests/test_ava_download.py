@@ -311,6 +311,28 @@ def test_page_mode_never_reads_local_files(tmp_path, source):
     assert _failures(out2) == {11: "unsafe_url"} and not _complete(out2)
 
 
+def test_a_malformed_redirect_location_is_a_failure_not_a_crash(source):
+    from beholder.data.download import Fetcher, FetchError
+
+    source.behaviour[1] = "redirect:http://[::1/{id}.jpg"  # an unclosed IPv6 literal
+    source.behaviour[2] = "redirect:http://" + "a" * 70 + ".example/{id}.jpg"  # a label over 63 chars
+    fetcher = Fetcher(retries=0, timeout=5)
+    for image_id in (1, 2):
+        with pytest.raises(FetchError) as caught:
+            fetcher.fetch(f"{source.base}/img/{image_id}.jpg")
+        assert caught.value.reason == "unsafe_url" and "malformed" in caught.value.detail
+
+
+def test_a_url_template_with_an_invalid_host_name_is_a_usage_error(tmp_path):
+    with pytest.raises(ConfigError, match="invalid host name"):
+        download(
+            _ava_txt(tmp_path / "AVA.txt", [1]),
+            tmp_path / "out",
+            url_template="http://" + "a" * 70 + ".example/{id}.jpg",
+            **FAST,
+        )
+
+
 def test_redirects_are_followed_and_count_against_the_target_host(tmp_path, source):
     target = FakeSource()
     thread = threading.Thread(target=target.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
