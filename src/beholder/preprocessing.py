@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from beholder.imageio import DEFAULT_MAX_PIXELS, DecodeBudget, ImageSource, decode_image
+from beholder.errors import ImageLoadError
+from beholder.imageio import DEFAULT_MAX_PIXELS, DecodeBudget, ImageSource, decode_image, describe
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2 as T
@@ -132,6 +133,10 @@ def load_input(
     filter, centre crop and normalisation, all in PIL and numpy. Decoding reserves its memory from
     ``budget`` (default: the process-wide :data:`beholder.imageio.DEFAULT_DECODE_BUDGET`).
 
+    A shorter-side resize (``pre.resize`` an int) of an extreme aspect ratio can give far more
+    pixels than the decode itself (1x60000 -> 256x15,360,000): the resized image is held to
+    ``max_pixels`` too.
+
     Raises:
         ImageLoadError: naming the input and the problem.
     """
@@ -143,6 +148,13 @@ def load_input(
         budget=budget,
         keep_grey=True,
     )
+    width, height = resized_size(*image.size, pre)
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLoadError(
+            describe(source, name),
+            f"aspect ratio too extreme ({image.size[0]}x{image.size[1]}): resizing its shorter side to "
+            f"{pre.resize} gives {width}x{height} = {width * height:,} pixels > limit {max_pixels:,}",
+        )
     return to_model_input(image, pre)
 
 
