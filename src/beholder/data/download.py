@@ -104,6 +104,9 @@ class _Failure(Exception):
         url: str = "",
         retry_after: float | None = None,
     ):
+        # Details quote what a server sent (a status line, a reason phrase): one line, and no
+        # control characters, in failures.csv, a table's error column and a terminal.
+        detail = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(str(detail).split()))
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.retryable = reason, detail, retryable
         self.url, self.retry_after = url, retry_after
