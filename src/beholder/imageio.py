@@ -414,6 +414,9 @@ def _convert(image: Image.Image, label: str, keep_grey: bool = False) -> Image.I
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
         mode = "RGBA"
+    if mode == "La":  # grey, premultiplied alpha (a TIFF's associated alpha): Pillow only converts it to LA
+        image = image.convert("LA")
+        mode = "LA"
     if mode in _ALPHA_MODES:
         rgba = image if mode == "RGBA" else image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, _BACKGROUND)
