@@ -301,8 +301,11 @@ def _decode_problem(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return _os_problem(exc)  # a real I/O error (EIO, say), not Pillow's "broken data stream"
     text = str(exc)
-    if "MAX_TEXT_CHUNK" in text:  # Pillow's guard against zTXt/iTXt bombs: the pixels may be fine
-        return "a PNG text (metadata) chunk inflates past Pillow's safety limit; refused as a possible bomb"
+    if "MAX_TEXT_CHUNK" in text:  # Pillow's guard against zTXt/iTXt/iCCP bombs: the pixels may be fine
+        return (
+            "a PNG metadata chunk (text or ICC profile) inflates past Pillow's safety limit; "
+            "refused as a possible bomb"
+        )
     return "truncated image data" if "truncated" in text.lower() else f"corrupt image data ({text})"
 
 
