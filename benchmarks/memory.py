@@ -5,7 +5,8 @@ Three cases, each in a fresh process, against a 1.5 GB target per input:
 1. ``beholder score`` on one 121 MP 16-bit greyscale PNG (11000 x 11000; a ramp compresses to a
    few hundred kB, decodes to 242 MB of 16-bit pixels);
 2. ``beholder score`` on a folder of 1,000 generated images of mixed formats and modes (JPEG, PNG,
-   greyscale, palette, alpha, CMYK, 16-bit, a few corrupt or truncated);
+   greyscale, palette, alpha, CMYK, 16-bit, four 12 MP 4032 x 3024 JPEGs, a few corrupt or
+   truncated);
 3. ``beholder serve`` answering one request that uploads four 62 MP 16-bit PNGs at once.
 
 Peak RSS comes from ``/usr/bin/time -v`` ("Maximum resident set size"; ``apt-get install time``),
@@ -89,6 +90,9 @@ def mixed_folder(folder: Path, count: int, seed: int = 0) -> Path:
     kinds = ["jpg", "png", "grey", "palette", "rgba", "cmyk", "i16", "la"]
     for index in range(count):
         width, height = int(rng.integers(200, 1400)), int(rng.integers(200, 1100))
+        if index % 250 == 0:  # a few 12 MP camera-sized JPEGs (4032 x 3024)
+            Image.fromarray(_photo(rng, 4032, 3024)).save(folder / f"{index:04d}-12mp.jpg", quality=90)
+            continue
         if index % 50 == 49:  # corrupt: half a JPEG, or bytes that are no image at all
             data = io.BytesIO()
             Image.fromarray(_photo(rng, width, height)).save(data, "JPEG")

@@ -116,6 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "image/jpeg")
             self.end_headers()
             self.wfile.write(body[: len(body) // 2])
+        elif how == "bad_status_line":  # http.client quotes the line, CR LF included
+            self.wfile.write(b"HTTP/9.9 abc\r\n\r\n")
+            self.close_connection = True
+        elif how == "escape_reason":  # a reason phrase that would clear a terminal
+            self.send_response(403, "Forbidden \x1b[2J")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif how == "html":
             self._send(
                 b"<!DOCTYPE html><html><body>Sorry, no image</body></html>", "text/html; charset=utf-8"
@@ -309,6 +316,43 @@ def test_page_mode_never_reads_local_files(tmp_path, source):
     out2 = tmp_path / "images2"
     download(_ava_txt(tmp_path / "AVA2.txt", [11]), out2, url_template=source.base + "/img/{id}.jpg", **FAST)
     assert _failures(out2) == {11: "unsafe_url"} and not _complete(out2)
+
+
+def test_a_malformed_redirect_location_is_a_failure_not_a_crash(source):
+    from beholder.data.download import Fetcher, FetchError
+
+    source.behaviour[1] = "redirect:http://[::1/{id}.jpg"  # an unclosed IPv6 literal
+    source.behaviour[2] = "redirect:http://" + "a" * 70 + ".example/{id}.jpg"  # a label over 63 chars
+    fetcher = Fetcher(retries=0, timeout=5)
+    for image_id in (1, 2):
+        with pytest.raises(FetchError) as caught:
+            fetcher.fetch(f"{source.base}/img/{image_id}.jpg")
+        assert caught.value.reason == "unsafe_url" and "malformed" in caught.value.detail
+
+
+def test_failure_details_quoting_the_server_are_one_printable_line(source):
+    from beholder.data.download import Fetcher, FetchError
+
+    source.behaviour[1] = "bad_status_line"
+    source.behaviour[2] = "escape_reason"
+    fetcher = Fetcher(retries=0, timeout=5)
+    details = []
+    for image_id in (1, 2):
+        with pytest.raises(FetchError) as caught:
+            fetcher.fetch(f"{source.base}/img/{image_id}.jpg")
+        details.append(caught.value.detail)
+    assert details[0] == "BadStatusLine: HTTP/9.9 abc"
+    assert details[1] == "HTTP 403 Forbidden \\x1b[2J"
+
+
+def test_a_url_template_with_an_invalid_host_name_is_a_usage_error(tmp_path):
+    with pytest.raises(ConfigError, match="invalid host name"):
+        download(
+            _ava_txt(tmp_path / "AVA.txt", [1]),
+            tmp_path / "out",
+            url_template="http://" + "a" * 70 + ".example/{id}.jpg",
+            **FAST,
+        )
 
 
 def test_redirects_are_followed_and_count_against_the_target_host(tmp_path, source):

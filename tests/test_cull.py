@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -124,6 +125,43 @@ def test_hostile_or_broken_sidecars_are_refused(tmp_path):
         merge_sidecar(b"<x:xmpmeta", {qname("xmp", "Rating"): "3"}, tmp_path / "cut.xmp")
     with pytest.raises(SidecarError, match="rdf:RDF"):
         merge_sidecar(b"<notes/>", {qname("xmp", "Rating"): "3"}, tmp_path / "notes.xmp")
+
+
+def test_sidecars_that_are_too_deep_too_large_or_not_files_are_refused_unread(tmp_path):
+    import os
+    import threading
+
+    from beholder.cull import xmp
+
+    fields = {qname("xmp", "Rating"): "3"}
+    packet = EXISTING.encode()
+    deep = packet.replace(b"</rdf:Description>", b"<a>" * 50_000 + b"</a>" * 50_000 + b"</rdf:Description>")
+    with pytest.raises(SidecarError, match="nested too deeply"):
+        xmp.merge_sidecar(deep, fields, tmp_path / "deep.xmp")
+
+    large = tmp_path / "large.xmp"
+    large.write_bytes(packet + b" " * xmp.MAX_SIDECAR_BYTES)  # valid XML, only too large
+    with pytest.raises(SidecarError, match="larger than"):
+        xmp.plan_sidecar(tmp_path / "large.jpg", large, fields)
+
+    # A FIFO: reading it blocks until a writer comes. The writer here would hand it a valid packet,
+    # so a reader that opened it would merge that instead of refusing.
+    fifo = tmp_path / "fifo.xmp"
+    os.mkfifo(fifo)
+
+    def writer() -> None:
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as handle:
+            handle.write(packet)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SidecarError, match="not a regular file"):
+            xmp.plan_sidecar(tmp_path / "fifo.jpg", fifo, fields)
+    finally:
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the writer's open returns
+        thread.join()
+        os.close(reader)
 
 
 def test_sidecar_names_replace_the_extension_unless_two_photos_would_share_one(tmp_path):

@@ -40,5 +40,25 @@ def test_a_png_whose_text_chunk_inflates_past_pillows_limit_says_so(tmp_path):
     info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1024), zip=True)  # compresses tiny
     path = tmp_path / "text-bomb.png"
     Image.new("RGB", (32, 32)).save(path, pnginfo=info)
-    with pytest.raises(ImageLoadError, match="text \\(metadata\\) chunk inflates past"):
+    with pytest.raises(ImageLoadError, match="metadata chunk \\(text or ICC profile\\) inflates past"):
+        open_image(path)
+
+
+def test_a_png_whose_icc_profile_inflates_past_pillows_limit_says_so(tmp_path):
+    import io
+    import struct
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    from beholder.imageio import open_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    payload = b"icc\x00\x00" + zlib.compress(bytes(PngImagePlugin.MAX_TEXT_CHUNK + 1024))
+    chunk = struct.pack(">I", len(payload)) + b"iCCP" + payload + struct.pack(">I", zlib.crc32(b"iCCP" + payload))
+    path = tmp_path / "icc-bomb.png"
+    path.write_bytes(data[:33] + chunk + data[33:])  # after the signature and IHDR
+    with pytest.raises(ImageLoadError, match="metadata chunk \\(text or ICC profile\\) inflates past"):
         open_image(path)

@@ -42,6 +42,25 @@ def test_sixteen_bit_greyscale_keeps_its_tones(tmp_path: Path) -> None:
     assert 100 < pixels[120, 160, 0] < 156
 
 
+def test_grey_with_associated_alpha_converts_like_its_unpremultiplied_form(tmp_path: Path) -> None:
+    """A greyscale TIFF whose ExtraSamples says 'associated alpha' opens in Pillow's mode 'La'."""
+    import io
+    import struct
+
+    straight = Image.new("LA", (40, 30), (100, 128))
+    buffer = io.BytesIO()
+    straight.save(buffer, "TIFF")
+    data = bytearray(buffer.getvalue())
+    tag = data.find(struct.pack("<HHI", 338, 3, 1))  # ExtraSamples, SHORT, one value: 2 (unassociated)
+    data[tag + 8 : tag + 10] = struct.pack("<H", 1)  # 1: associated (premultiplied) alpha
+    path = tmp_path / "grey_associated_alpha.tif"
+    path.write_bytes(bytes(data))
+    assert Image.open(path).mode == "La"
+    expected = np.asarray(open_image(Image.open(path).convert("LA")))
+    assert np.array_equal(np.asarray(open_image(path)), expected)
+    assert np.array_equal(np.asarray(open_image(Image.open(path))), expected)
+
+
 def test_alpha_is_composited_on_white(tmp_path: Path) -> None:
     path = tmp_path / "transparent.png"
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(path)

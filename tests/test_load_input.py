@@ -152,3 +152,24 @@ def test_exact_mode_reproduces_idealo_keras_means(idealo_weights: Path, sample_i
         means = torch.softmax(model(batch), dim=-1).numpy() @ np.arange(1, 11)
     for name, mean in zip(names, means):
         assert abs(mean - IDEALO_KERAS_MEANS[name]) < 0.01, (name, mean)
+
+
+def test_a_shorter_side_resize_of_an_extreme_aspect_ratio_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from beholder import preprocessing
+
+    # 1x2000 decodes to 2,000 pixels; a shorter-side resize to 16 would make it 16x32,000.
+    monkeypatch.setattr(preprocessing, "MAX_RESIZED_PIXELS", 100_000)
+    strip = tmp_path / "strip.png"
+    Image.new("L", (1, 2000), 128).save(strip)
+    pre = Preprocessing(resize=16, interpolation="bilinear", crop=8)
+    with pytest.raises(ImageLoadError) as caught:
+        load_input(strip, pre)
+    assert caught.value.path == str(strip)
+    assert "aspect ratio too extreme (1x2000)" in caught.value.problem
+    assert "16x32000 = 512,000 pixels > limit 100,000" in caught.value.problem
+    # A fixed (height, width) resize never grows with the aspect ratio: the same strip scores, and a
+    # decode limit below the model's own input size refuses nothing more.
+    assert load_input(strip, Preprocessing(resize=(16, 16))).shape == (3, 16, 16)
+    square = tmp_path / "square.png"
+    Image.new("L", (20, 20), 128).save(square)
+    assert load_input(square, Preprocessing(resize=200, crop=150), max_pixels=1_000).shape == (3, 150, 150)

@@ -358,6 +358,28 @@ def test_fetcher_keeps_the_downloaders_rules(tmp_path) -> None:
         assert caught.value.reason == "too_large"
 
 
+def test_malformed_urls_are_row_errors_not_a_crash(tmp_path, tiny_checkpoint, capsys) -> None:
+    photos(tmp_path, 1)
+    names = [
+        "0.jpg",
+        "http://[::1/a.jpg",  # an unclosed IPv6 literal: urlsplit raises ValueError
+        "http://" + "a" * 70 + ".example/a.jpg",  # a host label over 63 characters: idna raises
+        "http://127.0.0.1:99999/a.jpg",  # a port out of range
+        "http://user:secret@127.0.0.1:9/a.jpg",  # credentials: urllib would take them for the host
+    ]
+    pq.write_table(pa.table({"path": names}), tmp_path / "in.parquet")
+    model = ["--checkpoint", str(tiny_checkpoint), "--no-progress", "--url-retries", "0"]
+    out = tmp_path / "out.parquet"
+    assert main(["score", "--table", str(tmp_path / "in.parquet"), "--out", str(out), *model]) == 1
+    capsys.readouterr()
+    errors = pq.read_table(out).column("error").to_pylist()
+    assert errors[0] is None
+    assert errors[1] == "malformed URL (Invalid IPv6 URL)"
+    assert errors[2].startswith("unsafe_url: malformed URL (") and "label" in errors[2]
+    assert errors[3] == "unsafe_url: malformed URL (Port out of range 0-65535)"
+    assert errors[4] == "unsafe_url: refused a URL with credentials (user:password@host)"
+
+
 def test_an_empty_table_gives_an_empty_out_with_every_column(tmp_path, tiny_checkpoint) -> None:
     from beholder import score_table
 

@@ -285,8 +285,11 @@ def _decode_problem(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return _os_problem(exc)  # a real I/O error (EIO, say), not Pillow's "broken data stream"
     text = str(exc)
-    if "MAX_TEXT_CHUNK" in text:  # Pillow's guard against zTXt/iTXt bombs: the pixels may be fine
-        return "a PNG text (metadata) chunk inflates past Pillow's safety limit; refused as a possible bomb"
+    if "MAX_TEXT_CHUNK" in text:  # Pillow's guard against zTXt/iTXt/iCCP bombs: the pixels may be fine
+        return (
+            "a PNG metadata chunk (text or ICC profile) inflates past Pillow's safety limit; "
+            "refused as a possible bomb"
+        )
     return "truncated image data" if "truncated" in text.lower() else f"corrupt image data ({text})"
 
 
@@ -398,6 +401,9 @@ def _convert(image: Image.Image, label: str, keep_grey: bool = False) -> Image.I
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
         mode = "RGBA"
+    if mode == "La":  # grey, premultiplied alpha (a TIFF's associated alpha): Pillow only converts it to LA
+        image = image.convert("LA")
+        mode = "LA"
     if mode in _ALPHA_MODES:
         rgba = image if mode == "RGBA" else image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, _BACKGROUND)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from beholder.imageio import DEFAULT_MAX_PIXELS, DecodeBudget, ImageSource, open_image
+from beholder.errors import ImageLoadError
+from beholder.imageio import DEFAULT_MAX_PIXELS, DecodeBudget, ImageSource, describe, open_image
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2 as T
@@ -34,6 +35,9 @@ _PIL_FILTERS = {
 #: ``fast``: let libjpeg decode JPEGs at a reduced (DCT) scale no smaller than twice the model input,
 #: then resize as declared; several times faster on large photos, and scores drift (docs/speed.md).
 FIDELITIES = ("exact", "fast")
+#: Most pixels a shorter-side resize may give before its centre crop: a 1:488 panorama at 256.
+#: (A fixed (height, width) resize never grows with the aspect ratio.)
+MAX_RESIZED_PIXELS = 32_000_000
 DEFAULT_FIDELITY = "exact"
 
 
@@ -132,6 +136,10 @@ def load_input(
     filter, centre crop and normalisation, all in PIL and numpy. Decoding reserves its memory from
     ``budget`` (default: the process-wide :data:`beholder.imageio.DEFAULT_DECODE_BUDGET`).
 
+    A shorter-side resize (``pre.resize`` an int) of an extreme aspect ratio can give far more
+    pixels than the decode itself (1x60000 -> 256x15,360,000): such an image is refused when the
+    resized image would have more than :data:`MAX_RESIZED_PIXELS`.
+
     Raises:
         ImageLoadError: naming the input and the problem.
     """
@@ -143,6 +151,13 @@ def load_input(
         budget=budget,
         keep_grey=True,
     )
+    width, height = resized_size(*image.size, pre)
+    if isinstance(pre.resize, int) and width * height > MAX_RESIZED_PIXELS:
+        raise ImageLoadError(
+            describe(source, name),
+            f"aspect ratio too extreme ({image.size[0]}x{image.size[1]}): resizing its shorter side to "
+            f"{pre.resize} gives {width}x{height} = {width * height:,} pixels > limit {MAX_RESIZED_PIXELS:,}",
+        )
     return to_model_input(image, pre)
 
 

@@ -13,6 +13,7 @@ import errno
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Pillow re-checks its own pixel limit (89 MP) when it decodes a TIFF, outside the header step
+    # where beholder.imageio quiets it; Beholder's limit (--max-pixels) was already applied there.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

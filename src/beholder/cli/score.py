@@ -76,10 +76,15 @@ def run(args: argparse.Namespace) -> int:
     results += [ScoreResult(path=problem.path, error=problem.problem) for problem in found.problems]
     if args.rank:
         results = rank(results)
+    # A file name that is not UTF-8 arrives as surrogate escapes (PEP 383): a strict UTF-8 stdout
+    # (most locales) would raise on them once every image is scored. CSV gets the name's
+    # own bytes back (JSON and JSONL escape them); the table and stderr show escapes instead.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     sys.stdout.write(render(results, args.format))
     failures = [r for r in results if not r.ok]
     for result in failures:
-        print(f"beholder score: {result.path}: {result.error}", file=sys.stderr)
+        print(f"beholder score: {shown(result.path)}: {result.error}", file=sys.stderr)
     if failures:
         print(f"beholder score: {len(failures)} of {len(results)} inputs failed", file=sys.stderr)
         return 1
@@ -116,14 +121,30 @@ def _csv(results: Sequence[ScoreResult]) -> str:
     return buffer.getvalue()
 
 
+def shown(path: str) -> str:
+    """``path`` for a terminal, one line: control and format characters (newline, ESC, bidi
+    overrides) as Python escapes, and bytes that are not UTF-8 (surrogate escapes) as ``\\xff``."""
+    if path.isprintable():
+        return path
+    return "".join(
+        ch
+        if ch.isprintable()
+        else f"\\x{ord(ch) - 0xDC00:02x}"
+        if 0xDC80 <= ord(ch) <= 0xDCFF
+        else ascii(ch)[1:-1]
+        for ch in path
+    )
+
+
 def _table(results: Sequence[ScoreResult]) -> str:
-    width = max([len(r.path) for r in results] + [4])
+    paths = [shown(r.path) for r in results]
+    width = max([len(path) for path in paths] + [4])
     lines = [f"{'path':<{width}}  {'mean':>5}  {'std':>5}  {'AVA %ile':>8}  distribution 1..10"]
-    for r in results:
+    for path, r in zip(paths, results):
         if r.ok:
             peak = max(r.distribution) or 1.0
             spark = "".join(_BARS[min(8, round(p / peak * 8))] for p in r.distribution)
-            lines.append(f"{r.path:<{width}}  {r.mean:5.2f}  {r.std:5.2f}  {r.percentile:8.1f}  {spark}")
+            lines.append(f"{path:<{width}}  {r.mean:5.2f}  {r.std:5.2f}  {r.percentile:8.1f}  {spark}")
         else:
-            lines.append(f"{r.path:<{width}}  {'-':>5}  {'-':>5}  {'-':>8}  error: {r.error}")
+            lines.append(f"{path:<{width}}  {'-':>5}  {'-':>5}  {'-':>8}  error: {r.error}")
     return "\n".join(lines) + "\n"

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -40,6 +42,10 @@ DIGIKAM_ACCEPTED, DIGIKAM_REJECTED = "3", "1"
 
 #: Sidecar naming: Lightroom (and Capture One) replace the extension, darktable and digiKam append.
 NAMING = ("replace", "append")
+
+#: An existing sidecar larger than this is refused, not read: real ones, develop history and all,
+#: are kilobytes to a few megabytes; a 2 GB one would be read and parsed whole.
+MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 
 # The XMP packet wrapper; "\ufeff" marks the encoding, as the XMP specification asks.
 _PACKET_HEAD = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -187,15 +193,38 @@ def merge_sidecar(existing: bytes | None, fields: dict[str, str], path: Path) ->
             changes[name] = (old, value)
     for prefix, uri in NAMESPACES.items():  # Beholder's prefixes win over a file's odd choices
         ET.register_namespace(prefix, uri)
-    body = ET.tostring(root, encoding="unicode")
+    try:
+        body = ET.tostring(root, encoding="unicode")
+    except RecursionError:  # expat parses any depth; ElementTree's writer recurses per level
+        raise SidecarError(path, "elements nested too deeply to write back") from None
     return (_PACKET_HEAD + body + _PACKET_TAIL).encode("utf-8"), changes
 
 
 def plan_sidecar(photo: Path, sidecar: Path, fields: dict[str, str]) -> SidecarChange:
     """Read ``sidecar`` if it exists and work out the merged content; writes nothing."""
-    existing = sidecar.read_bytes() if sidecar.exists() else None
+    existing = _read_existing(sidecar)
     content, changes = merge_sidecar(existing, fields, sidecar)
     return SidecarChange(photo, sidecar, existing is not None, changes, content)
+
+
+def _read_existing(sidecar: Path) -> bytes | None:
+    """The bytes of an existing sidecar, None if there is none; SidecarError for one that is not a
+    regular file (a FIFO would block the read forever, /dev/zero never ends) or is too large."""
+    try:
+        info = os.stat(sidecar)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        raise SidecarError(sidecar, "not a regular file (a directory, FIFO, device or socket); left as it is")
+    if info.st_size > MAX_SIDECAR_BYTES:
+        raise SidecarError(
+            sidecar, f"larger than {MAX_SIDECAR_BYTES:,} bytes ({info.st_size:,}); refused, left as it is"
+        )
+    with open(sidecar, "rb") as handle:
+        data = handle.read(MAX_SIDECAR_BYTES + 1)  # a file that grew since the stat
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise SidecarError(sidecar, f"larger than {MAX_SIDECAR_BYTES:,} bytes; refused, left as it is")
+    return data
 
 
 def write_sidecar(change: SidecarChange) -> bool:

@@ -73,7 +73,7 @@ FAILURE_REASONS = (
     "corrupt_image",  # complete body that does not decode
     "no_image_in_page",  # page mode: no <img> for this id in the page
     "too_large",  # the body is over the size cap (max_bytes)
-    "unsafe_url",  # not an http(s) URL (a page's <img>, a redirect): never fetched
+    "unsafe_url",  # not an http(s) URL, or a malformed one (a page's <img>, a redirect): never fetched
     "write_error",  # the output directory is not writable (disk full, permissions)
     "unexpected_error",  # a bug in beholder: please report it (the log has the traceback)
 )
@@ -104,6 +104,9 @@ class _Failure(Exception):
         url: str = "",
         retry_after: float | None = None,
     ):
+        # Details quote what a server sent (a status line, a reason phrase): one line, and no
+        # control characters, in failures.csv, a table's error column and a terminal.
+        detail = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(str(detail).split()))
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.retryable = reason, detail, retryable
         self.url, self.retry_after = url, retry_after
@@ -208,14 +211,24 @@ def _http_only_opener() -> urllib.request.OpenerDirector:
 
 
 def check_url_scheme(url: str) -> None:
-    """Raise :class:`_Failure` ("unsafe_url") unless ``url`` is http(s)."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    """Raise :class:`_Failure` ("unsafe_url") unless ``url`` is a well-formed http(s) URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
+        (parts.hostname or "").encode("idna")  # a label over 63 characters, an empty label
+    except (ValueError, UnicodeError) as exc:
+        raise _Failure("unsafe_url", f"malformed URL ({exc})", retryable=False, url=url) from None
+    scheme = parts.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         raise _Failure(
             "unsafe_url",
             f"refused a {scheme or 'scheme-less'} URL (only http and https)",
             retryable=False,
             url=url,
+        )
+    if "@" in parts.netloc:  # urllib would take "user:password@host" for the host name and retry DNS
+        raise _Failure(
+            "unsafe_url", "refused a URL with credentials (user:password@host)", retryable=False, url=url
         )
 
 
@@ -298,7 +311,12 @@ class _Downloader:
                 if location is None:
                     yield response
                     return
-            url = urllib.parse.urljoin(url, location)
+            try:
+                url = urllib.parse.urljoin(url, location)
+            except ValueError as exc:  # "http://[::1" and the like, from a hostile server
+                raise _Failure(
+                    "unsafe_url", f"malformed redirect Location ({exc})", retryable=False, url=url
+                ) from None
         raise _Failure("http_error", f"more than {_MAX_REDIRECTS} redirects", retryable=False, url=url)
 
     @contextlib.contextmanager
@@ -555,6 +573,8 @@ def _check_resolvable(url: str) -> None:
         raise ConfigError(
             f"cannot resolve host {host!r} ({exc.strerror}): offline, or a wrong --url-template?"
         ) from None
+    except UnicodeError as exc:  # a label over 63 characters, or an empty one ("a..b")
+        raise ConfigError(f"--url-template has an invalid host name {host!r} ({exc})") from None
 
 
 def _check_options(url_template: str, *, timeout: float, **at_least: float) -> None:

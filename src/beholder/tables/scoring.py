@@ -82,7 +82,10 @@ def resolve_source(value: Any, base_dir: str) -> str:
         raise SourceError("no image path in this row")
     if not isinstance(value, str):
         raise SourceError(f"the path cell holds a {type(value).__name__}, not text")
-    scheme = urllib.parse.urlsplit(value).scheme.lower()
+    try:
+        scheme = urllib.parse.urlsplit(value).scheme.lower()
+    except ValueError as exc:  # "http://[::1/a.jpg": an unclosed IPv6 literal
+        raise SourceError(f"malformed URL ({exc})") from None
     if scheme in _URL_SCHEMES:
         return value
     if len(scheme) > 1:  # one letter is a Windows drive (C:\...), not a scheme
