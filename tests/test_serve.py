@@ -423,6 +423,7 @@ def test_models_healthz_page_and_openapi(scorer):
     with TestClient(app) as client:
         models = client.get("/v1/models").json()
         health = client.get("/healthz").json()
+        probe = client.head("/healthz")
         page = client.get("/")
         schema = client.get("/openapi.json").json()
         missing = client.get("/v1/nothing")
@@ -441,6 +442,7 @@ def test_models_healthz_page_and_openapi(scorer):
         "decode_budget_bytes": serve.DEFAULT_DECODE_BUDGET_BYTES,
     }
     assert health["status"] == "ok" and health["runtime"] == "torch"
+    assert probe.status_code == 200 and probe.content == b""  # health checks that probe with HEAD
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'type="file"' in page.text and "v1/rank" in page.text
     assert "http://" not in page.text.replace("http://www.w3.org/2000/svg", "")

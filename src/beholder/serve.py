@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -472,6 +472,11 @@ def _add_routes(app: FastAPI, service: ScoringService) -> None:
     @app.get("/v1/models", summary="The served model and the service's limits")
     async def models() -> dict[str, Any]:
         return {"models": [service.describe_model()], "limits": service.limits()}
+
+    # Load balancers and uptime checkers often probe with HEAD: answer it, outside the schema.
+    @app.head("/healthz", include_in_schema=False)
+    async def healthz_probe() -> Response:
+        return Response(status_code=200)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, Any]:
