@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from beholder.cli import add_command
 from beholder.cli._common import add_model_arguments, scorer_from_args
+from beholder.errors import printable
 
 if TYPE_CHECKING:
     from beholder.inference import ScoreResult
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(render(results, args.format))
     failures = [r for r in results if not r.ok]
     for result in failures:
-        print(f"beholder score: {shown(result.path)}: {result.error}", file=sys.stderr)
+        print(f"beholder score: {printable(result.path)}: {result.error}", file=sys.stderr)
     if failures:
         print(f"beholder score: {len(failures)} of {len(results)} inputs failed", file=sys.stderr)
         return 1
@@ -121,23 +122,8 @@ def _csv(results: Sequence[ScoreResult]) -> str:
     return buffer.getvalue()
 
 
-def shown(path: str) -> str:
-    """``path`` for a terminal, one line: control and format characters (newline, ESC, bidi
-    overrides) as Python escapes, and bytes that are not UTF-8 (surrogate escapes) as ``\\xff``."""
-    if path.isprintable():
-        return path
-    return "".join(
-        ch
-        if ch.isprintable()
-        else f"\\x{ord(ch) - 0xDC00:02x}"
-        if 0xDC80 <= ord(ch) <= 0xDCFF
-        else ascii(ch)[1:-1]
-        for ch in path
-    )
-
-
 def _table(results: Sequence[ScoreResult]) -> str:
-    paths = [shown(r.path) for r in results]
+    paths = [printable(r.path) for r in results]
     width = max([len(path) for path in paths] + [4])
     lines = [f"{'path':<{width}}  {'mean':>5}  {'std':>5}  {'AVA %ile':>8}  distribution 1..10"]
     for path, r in zip(paths, results):
