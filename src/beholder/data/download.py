@@ -47,7 +47,7 @@ from PIL import Image
 
 from beholder import __version__
 from beholder.data.ava import find_images, parse_ava_txt
-from beholder.errors import ConfigError, ImageLoadError
+from beholder.errors import ConfigError, ImageLoadError, one_line
 from beholder.files import (
     PathLike,
     atomic_write,
@@ -106,7 +106,7 @@ class _Failure(Exception):
     ):
         # Details quote what a server sent (a status line, a reason phrase): one line, and no
         # control characters, in failures.csv, a table's error column and a terminal.
-        detail = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(str(detail).split()))
+        detail = one_line(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.retryable = reason, detail, retryable
         self.url, self.retry_after = url, retry_after
@@ -210,7 +210,7 @@ def _http_only_opener() -> urllib.request.OpenerDirector:
     return opener
 
 
-def check_url_scheme(url: str) -> None:
+def check_url(url: str) -> None:
     """Raise :class:`_Failure` ("unsafe_url") unless ``url`` is a well-formed http(s) URL."""
     try:
         parts = urllib.parse.urlsplit(url)
@@ -306,7 +306,7 @@ class _Downloader:
         """Open ``url``, following up to 5 redirects, each hop checked for its scheme and within its
         own host's concurrency limit; map every failure to a :class:`_Failure`."""
         for _ in range(_MAX_REDIRECTS + 1):
-            check_url_scheme(url)
+            check_url(url)
             with self._open_one(url, accept) as (response, location):
                 if location is None:
                     yield response
