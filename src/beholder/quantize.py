@@ -51,11 +51,10 @@ def _calibration_batches(onnx_path: Path, images: Iterable[ImageSource]) -> list
     import numpy as np
 
     from beholder.export import load_onnx_metadata
-    from beholder.imageio import open_image
-    from beholder.preprocessing import Preprocessing, build_eval_transform
+    from beholder.preprocessing import Preprocessing, load_input
 
-    transform = build_eval_transform(Preprocessing.from_dict(load_onnx_metadata(onnx_path)["preprocessing"]))
-    arrays = [transform(open_image(image)).numpy() for image in images]
+    pre = Preprocessing.from_dict(load_onnx_metadata(onnx_path)["preprocessing"])
+    arrays = [load_input(image, pre) for image in images]  # the model input, as scoring makes it
     if not arrays:
         raise ConfigError(f"{onnx_path}: int8 quantization needs at least one calibration image")
     stacked = np.stack(arrays).astype(np.float32)
@@ -158,6 +157,8 @@ def int8_variant(fp32_path: str | os.PathLike, cache_dir: str | os.PathLike | No
     width, height = CALIBRATION_RECIPE["size"]
     first = CALIBRATION_RECIPE["first_seed"]
     # A warning so that the CLI shows it: the first run pauses for the calibration, once.
-    log.warning("first use of int8 for %s: quantizing it once (later runs load it from %s)", fp32_path.name, cache.folder)
+    log.warning(
+        "first use of int8 for %s: quantizing it once (later runs load it from %s)", fp32_path.name, cache.folder
+    )
     images = (photo_like(width, height, first + i) for i in range(CALIBRATION_RECIPE["images"]))
     return cache.store(key, lambda target: quantize_int8(fp32_path, target, images))
